@@ -1,0 +1,9 @@
+"""DVC stage `featurize`: crystal graphs of one dataset (`python pipelines/featurize.py NAME`)."""
+
+from kappaflow.config import stage_main
+from kappaflow.graphs.stage import featurize_stage
+from kappaflow.logging_utils import setup_logging
+
+if __name__ == "__main__":
+    setup_logging()
+    stage_main(featurize_stage)

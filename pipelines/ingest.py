@@ -1,0 +1,9 @@
+"""DVC stage `ingest`: copy/download one raw dataset into data/raw/ (`python pipelines/ingest.py NAME`)."""
+
+from kappaflow.config import stage_main
+from kappaflow.data.stages import ingest_stage
+from kappaflow.logging_utils import setup_logging
+
+if __name__ == "__main__":
+    setup_logging()
+    stage_main(ingest_stage)

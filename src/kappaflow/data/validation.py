@@ -1,0 +1,466 @@
+"""Row-level validation of raw dataset tables: every row becomes a ValidRecord or a Rejection.
+
+:func:`validate_row` never raises for bad *data*: each problem is returned as a
+:class:`Rejection` carrying a :class:`Reason` code and a specific, human-readable detail (which
+element, which distance, which value). Checks, cheapest first:
+
+1. id present (``missing_id``); duplicates need state and are handled by
+   :func:`kappaflow.data.prepare.prepare_dataset` (``duplicate_id``, first occurrence kept).
+2. formula parses with pymatgen (``formula_unparseable``).
+3. each target: present if required, numeric, finite, > 0 if ``positive``, within
+   ``[min, max]`` (``target_*``). Values stay in raw units (κ in W/m/K, not log10).
+4. structure datasets only: CIF present and parseable (``missing_cif``, ``malformed_cif``,
+   ``no_sites``, ``partial_occupancy``, ``unknown_element``; see :mod:`kappaflow.data.cif`),
+   elements in :data:`kappaflow.graphs.elements.SUPPORTED_Z` (``unsupported_element``), site
+   count (``too_many_sites``), cell volume (``nonpositive_volume``), reduced formula of the
+   structure equals that of the formula column (``formula_mismatch``), no two atoms closer
+   than ``min_distance`` (``overlapping_atoms``), every atom has a neighbour within ``cutoff``
+   (``isolated_atom``: it would have no edge in the crystal graph).
+
+The space group (spglib, or moyopy if chosen) is metadata: a failure gives -1, not a rejection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+
+from kappaflow.data.cif import CifError, Reason, parse_cif
+from kappaflow.data.crystal import CrystalArrays
+from kappaflow.data.registry import DatasetSpec, TargetSpec
+from kappaflow.graphs.elements import MAX_Z, SUPPORTED_Z
+from kappaflow.graphs.neighbors import periodic_neighbors
+
+__all__ = [
+    "CifError",
+    "Reason",
+    "Rejection",
+    "ValidRecord",
+    "ValidationOptions",
+    "check_crystal",
+    "reduced_formula",
+    "spacegroup_number",
+    "structure_formula",
+    "validate_row",
+]
+
+# spglib prints C-level warnings ("spglib: ssm_get_exact_positions failed.") to stderr for
+# structures it cannot symmetrise; they are expected here (-> spacegroup -1) and would garble
+# progress bars. Set SPGLIB_WARNING=ON to see them.
+os.environ.setdefault("SPGLIB_WARNING", "OFF")
+
+#: Strings that mean "no value" in a target column (compared case-insensitively).
+MISSING_TOKENS = frozenset({"", "nan", "na", "n/a", "none", "null", "?"})
+#: A cell whose volume is below this fraction of |a||b||c| counts as degenerate.
+DEGENERATE_VOLUME_FRACTION = 1e-6
+#: First-pass neighbour radius (Å) for the overlap/isolation checks; atoms without a neighbour
+#: within it (rare) trigger one search at the full cutoff.
+FIRST_PASS_RADIUS = 4.0
+
+_SUPPORTED = frozenset(SUPPORTED_Z)
+
+
+@dataclass(frozen=True)
+class ValidationOptions:
+    """Thresholds of the structure checks.
+
+    Attributes:
+        cutoff: graph cutoff radius, Å. An atom with no neighbour (any atom or periodic image)
+            within it is quarantined as ``isolated_atom``. Use the graph builder's cutoff.
+        min_distance: two atoms closer than this (Å) are ``overlapping_atoms``.
+        max_sites: largest allowed number of sites per cell (``too_many_sites``); None: no limit.
+        symprec: symmetry tolerance for the space-group number, Å.
+        symmetry_backend: ``spglib`` (``spglib.get_symmetry_dataset``) or ``moyopy`` (same
+            numbers on the MP data, about 7x faster; needs the ``moyopy`` package).
+    """
+
+    cutoff: float = 8.0
+    min_distance: float = 0.5
+    max_sites: int | None = None
+    symprec: float = 0.1
+    symmetry_backend: Literal["spglib", "moyopy"] = "spglib"
+
+    def __post_init__(self) -> None:
+        if not self.cutoff > 0:
+            raise ValueError(f"cutoff must be > 0 Å, got {self.cutoff}")
+        if not 0 < self.min_distance < self.cutoff:
+            raise ValueError(f"need 0 < min_distance < cutoff, got {self.min_distance}")
+        if self.max_sites is not None and self.max_sites < 1:
+            raise ValueError(f"max_sites must be >= 1 or None, got {self.max_sites}")
+        if not self.symprec > 0:
+            raise ValueError(f"symprec must be > 0 Å, got {self.symprec}")
+        if self.symmetry_backend not in ("spglib", "moyopy"):
+            raise ValueError(f"unknown symmetry_backend {self.symmetry_backend!r}")
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | None) -> ValidationOptions:
+        """Build from a config node (e.g. ``cfg.validation``); unknown keys raise ``KeyError``."""
+        raw = dict(cfg or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise KeyError(f"unknown validation option(s) {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class ValidRecord:
+    """A row that passed every check.
+
+    Attributes:
+        id: material id (stripped).
+        formula: pymatgen reduced formula (of the structure for structure datasets).
+        spacegroup: international space-group number at ``symprec``; -1 if the symmetry search
+            failed or the dataset is composition-only.
+        crystal: the ordered crystal, or None for composition-only datasets.
+        targets: target name -> raw value (dataset units, e.g. κ in W/m/K); NaN only for
+            targets that are not required.
+    """
+
+    id: str
+    formula: str
+    spacegroup: int
+    crystal: CrystalArrays | None
+    targets: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_sites(self) -> int | None:
+        """Number of sites, None for composition-only records."""
+        return None if self.crystal is None else self.crystal.n_sites
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row that failed a check.
+
+    Attributes:
+        reason: the first failed check.
+        detail: what exactly is wrong (element, distance in Å, offending value).
+        id: material id if one was present, else ``""``.
+    """
+
+    reason: Reason
+    detail: str
+    id: str = ""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _is_blank(value: object) -> bool:
+    """None, NaN or a whitespace-only string (for ids and CIF text)."""
+    if value is None:
+        return True
+    if isinstance(value, float | np.floating):
+        return math.isnan(value)
+    return isinstance(value, str) and not value.strip()
+
+
+def _is_missing(value: object) -> bool:
+    """Blank, or a missing-value token such as ``NaN``/``NA`` (for target values)."""
+    if value is None:
+        return True
+    if isinstance(value, float | np.floating):
+        return math.isnan(value)
+    return isinstance(value, str) and value.strip().lower() in MISSING_TOKENS
+
+
+@lru_cache(maxsize=1 << 16)
+def _reduced_formula_cached(formula: str) -> tuple[bool, str]:
+    from pymatgen.core import Composition, Element
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            comp = Composition(formula)
+            if comp.num_atoms <= 0 or not all(v > 0 for v in comp.values()):
+                return False, "composition has no atoms or non-positive amounts"
+            # pymatgen accepts dummy species ("NA" -> N + "A", "Xx2"): not chemical elements.
+            dummies = [
+                getattr(el, "symbol", str(el))
+                for el in comp.elements
+                if not isinstance(el, Element)
+            ]
+            if dummies:
+                return False, f"{', '.join(dummies)} not chemical element(s)"
+            return True, comp.reduced_formula
+    except Exception as exc:  # pymatgen raises several types on garbage
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def reduced_formula(formula: str) -> str:
+    """Return the pymatgen reduced formula of a formula string (cached).
+
+    Raises:
+        ValueError: the formula cannot be parsed (or has no atoms).
+    """
+    ok, value = _reduced_formula_cached(formula.strip())
+    if not ok:
+        raise ValueError(f"cannot parse formula {formula!r}: {value}")
+    return value
+
+
+@lru_cache(maxsize=1 << 16)
+def _formula_from_counts(counts: tuple[tuple[int, int], ...]) -> str:
+    from pymatgen.core import Composition
+    from pymatgen.core.periodic_table import Element
+
+    return Composition({Element.from_Z(z).symbol: n for z, n in counts}).reduced_formula
+
+
+def structure_formula(crystal: CrystalArrays) -> str:
+    """Return the pymatgen reduced formula of a crystal (e.g. ``NaCl``, ``TePb``)."""
+    z, n = np.unique(crystal.numbers, return_counts=True)
+    return _formula_from_counts(tuple(zip(z.tolist(), n.tolist(), strict=True)))
+
+
+def spacegroup_number(
+    crystal: CrystalArrays,
+    symprec: float = 0.1,
+    backend: Literal["spglib", "moyopy"] = "spglib",
+) -> int:
+    """International space-group number (1-230), or -1 if the symmetry search fails.
+
+    Args:
+        crystal: the crystal.
+        symprec: distance tolerance, Å.
+        backend: ``spglib`` (``get_symmetry_dataset``) or ``moyopy`` (``MoyoDataset``).
+    """
+    if backend == "moyopy":
+        moyopy = _moyopy()
+        try:
+            cell = moyopy.Cell(
+                crystal.lattice.tolist(), crystal.frac_coords.tolist(), crystal.numbers.tolist()
+            )
+            return int(moyopy.MoyoDataset(cell, symprec=symprec).number)
+        except Exception:  # moyopy raises ValueError/RuntimeError when the search fails
+            return -1
+    import spglib
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # spglib 2.x DeprecationWarning on error handling
+            dataset = spglib.get_symmetry_dataset(
+                (crystal.lattice, crystal.frac_coords, crystal.numbers), symprec=symprec
+            )
+    except Exception:  # SpglibError (new error handling) or a failed search
+        return -1
+    return -1 if dataset is None else int(dataset.number)
+
+
+@lru_cache(maxsize=1)
+def _moyopy() -> Any:
+    """Import moyopy once and silence its per-structure 'Omitted ... operations' warnings."""
+    import moyopy
+
+    # These warnings concern orbits/operations in the input basis, not the space-group number.
+    logging.getLogger("moyo").setLevel(logging.ERROR)
+    return moyopy
+
+
+def _symbol(z: int) -> str:
+    from pymatgen.core.periodic_table import Element
+
+    return Element.from_Z(int(z)).symbol if 1 <= z <= 118 else f"Z={z}"
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_elements_and_cell(crystal: CrystalArrays, opts: ValidationOptions) -> Rejection | None:
+    if crystal.n_sites == 0:
+        return Rejection(Reason.NO_SITES, "structure has no sites")
+    bad = sorted({int(z) for z in crystal.numbers if int(z) not in _SUPPORTED})
+    if bad:
+        names = ", ".join(f"{_symbol(z)} (Z={z})" for z in bad)
+        return Rejection(
+            Reason.UNSUPPORTED_ELEMENT, f"element(s) {names} outside supported Z 1..{MAX_Z}"
+        )
+    if opts.max_sites is not None and crystal.n_sites > opts.max_sites:
+        return Rejection(
+            Reason.TOO_MANY_SITES, f"{crystal.n_sites} sites > max_sites {opts.max_sites}"
+        )
+    lat = crystal.lattice
+    if not np.isfinite(lat).all() or not np.isfinite(crystal.frac_coords).all():
+        return Rejection(Reason.NONPOSITIVE_VOLUME, "lattice or coordinates are not finite")
+    volume = float(np.linalg.det(lat))
+    scale = float(np.prod(np.linalg.norm(lat, axis=1)))
+    if volume <= DEGENERATE_VOLUME_FRACTION * scale:
+        return Rejection(
+            Reason.NONPOSITIVE_VOLUME,
+            f"cell volume {volume:.6g} Å^3 (|a||b||c| = {scale:.6g} Å^3): degenerate or "
+            "left-handed cell",
+        )
+    # Densest sphere packing: n points with all pairwise (incl. periodic) distances >= d need
+    # at least n * d^3 / sqrt(2) of volume. Denser cells must overlap; this also keeps the
+    # neighbour search below bounded.
+    min_volume = crystal.n_sites * opts.min_distance**3 / math.sqrt(2.0)
+    if volume < min_volume:
+        return Rejection(
+            Reason.OVERLAPPING_ATOMS,
+            f"cell volume {volume:.4g} Å^3 for {crystal.n_sites} atoms is below the "
+            f"{min_volume:.4g} Å^3 needed to keep all atoms {opts.min_distance} Å apart",
+        )
+    return None
+
+
+def _check_geometry(crystal: CrystalArrays, opts: ValidationOptions) -> Rejection | None:
+    """Overlap and isolation from one neighbour search (a second one only if needed)."""
+    n = crystal.n_sites
+    radius = max(min(opts.cutoff, FIRST_PASS_RADIUS), opts.min_distance)
+    centers, neighbors, dists = periodic_neighbors(crystal.lattice, crystal.frac_coords, radius)
+    close = np.flatnonzero(dists < opts.min_distance)
+    if len(close):
+        k = close[np.argmin(dists[close])]
+        i, j = int(centers[k]), int(neighbors[k])
+        zi, zj = _symbol(crystal.numbers[i]), _symbol(crystal.numbers[j])
+        what = "a periodic image of itself" if i == j else f"atom {j} ({zj})"
+        return Rejection(
+            Reason.OVERLAPPING_ATOMS,
+            f"atom {i} ({zi}) is {dists[k]:.4f} Å from {what} (min_distance {opts.min_distance} Å)",
+        )
+    has_nbr = np.bincount(centers, minlength=n) > 0
+    if has_nbr.all():
+        return None
+    if radius < opts.cutoff:
+        centers, _, _ = periodic_neighbors(crystal.lattice, crystal.frac_coords, opts.cutoff)
+        has_nbr = np.bincount(centers, minlength=n) > 0
+        if has_nbr.all():
+            return None
+    lonely = np.flatnonzero(~has_nbr)
+    i = int(lonely[0])
+    return Rejection(
+        Reason.ISOLATED_ATOM,
+        f"{len(lonely)} atom(s) without any neighbour within the {opts.cutoff} Å cutoff, "
+        f"e.g. atom {i} ({_symbol(crystal.numbers[i])}); shortest lattice vector "
+        f"{float(np.linalg.norm(crystal.lattice, axis=1).min()):.3f} Å",
+    )
+
+
+def check_crystal(
+    crystal: CrystalArrays, opts: ValidationOptions | None = None
+) -> Rejection | None:
+    """Structure-only checks (no id, formula or targets), e.g. for screening user files.
+
+    Args:
+        crystal: the crystal.
+        opts: thresholds; defaults to :class:`ValidationOptions`.
+
+    Returns:
+        The first failed check (``no_sites``, ``unsupported_element``, ``too_many_sites``,
+        ``nonpositive_volume``, ``overlapping_atoms``, ``isolated_atom``), or None if it passes.
+    """
+    opts = opts or ValidationOptions()
+    return _check_elements_and_cell(crystal, opts) or _check_geometry(crystal, opts)
+
+
+def _parse_target(raw: object, target: TargetSpec) -> float | Rejection:
+    col = target.column
+    if _is_missing(raw):
+        if target.required:
+            return Rejection(Reason.TARGET_MISSING, f"{col}: no value ({raw!r})")
+        return math.nan
+    if isinstance(raw, bool | np.bool_):
+        return Rejection(Reason.TARGET_NOT_NUMERIC, f"{col}: boolean {raw!r} is not a number")
+    try:
+        value = float(raw.strip() if isinstance(raw, str) else raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return Rejection(Reason.TARGET_NOT_NUMERIC, f"{col}: {raw!r} is not a number")
+    if math.isnan(value):
+        if target.required:
+            return Rejection(Reason.TARGET_MISSING, f"{col}: NaN")
+        return math.nan
+    if math.isinf(value):
+        return Rejection(Reason.TARGET_NONFINITE, f"{col}: {raw!r} is not finite")
+    if target.positive and value <= 0:
+        why = f" ({target.transform} transform)" if target.transform != "none" else ""
+        return Rejection(
+            Reason.TARGET_NONPOSITIVE, f"{col}: {value:g} {target.unit} must be > 0{why}"
+        )
+    if target.min is not None and value < target.min:
+        return Rejection(
+            Reason.TARGET_OUT_OF_RANGE,
+            f"{col}: {value:g} {target.unit} < min {target.min:g}",
+        )
+    if target.max is not None and value > target.max:
+        return Rejection(
+            Reason.TARGET_OUT_OF_RANGE,
+            f"{col}: {value:g} {target.unit} > max {target.max:g}",
+        )
+    return value
+
+
+def validate_row(
+    row: Mapping[str, Any],
+    spec: DatasetSpec,
+    opts: ValidationOptions | None = None,
+) -> ValidRecord | Rejection:
+    """Validate one raw table row against a dataset card.
+
+    Args:
+        row: column name -> raw value (strings as read with ``dtype=str``, or numbers/None).
+            A column absent from ``row`` counts as an empty value.
+        spec: the dataset card (id/formula/CIF columns, targets with bounds).
+        opts: structure-check thresholds; defaults to :class:`ValidationOptions`.
+
+    Returns:
+        A :class:`ValidRecord`, or a :class:`Rejection` for the first failed check. Bad data
+        never raises.
+    """
+    opts = opts or ValidationOptions()
+    raw_id = row.get(spec.id_col)
+    if _is_blank(raw_id):
+        return Rejection(Reason.MISSING_ID, f"{spec.id_col}: no value ({raw_id!r})")
+    rid = str(raw_id).strip()
+
+    raw_formula = row.get(spec.formula_col)
+    if raw_formula is None or not str(raw_formula).strip():
+        return Rejection(Reason.FORMULA_UNPARSEABLE, f"{spec.formula_col}: empty formula", rid)
+    ok, formula = _reduced_formula_cached(str(raw_formula).strip())
+    if not ok:
+        return Rejection(
+            Reason.FORMULA_UNPARSEABLE,
+            f"{spec.formula_col}: cannot parse {raw_formula!r} ({formula})",
+            rid,
+        )
+
+    targets: dict[str, float] = {}
+    for target in spec.targets:
+        parsed = _parse_target(row.get(target.column), target)
+        if isinstance(parsed, Rejection):
+            return Rejection(parsed.reason, parsed.detail, rid)
+        targets[target.name] = parsed
+
+    if spec.kind == "composition" or spec.cif_col is None:
+        return ValidRecord(rid, formula, -1, None, targets)
+
+    raw_cif = row.get(spec.cif_col)
+    if _is_blank(raw_cif) or not isinstance(raw_cif, str):
+        return Rejection(Reason.MISSING_CIF, f"{spec.cif_col}: no CIF text", rid)
+    try:
+        crystal = parse_cif(raw_cif)
+    except CifError as exc:
+        return Rejection(exc.reason, exc.detail, rid)
+
+    rejection = _check_elements_and_cell(crystal, opts)
+    if rejection is None:
+        struct_formula = structure_formula(crystal)
+        if struct_formula != formula:
+            rejection = Rejection(
+                Reason.FORMULA_MISMATCH,
+                f"structure is {struct_formula} but {spec.formula_col} {raw_formula!r} "
+                f"reduces to {formula}",
+            )
+    rejection = rejection or _check_geometry(crystal, opts)
+    if rejection is not None:
+        return Rejection(rejection.reason, rejection.detail, rid)
+    sg = spacegroup_number(crystal, opts.symprec, opts.symmetry_backend)
+    return ValidRecord(rid, struct_formula, sg, crystal, targets)

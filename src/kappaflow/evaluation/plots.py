@@ -1,0 +1,273 @@
+"""Report figures: parity, learning curves, strategy comparison and training-size study.
+
+Figures are drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot global
+state, no display needed). Every function writes its file atomically (temporary file in the same
+directory, then ``os.replace``), creating parent directories, and returns the written path. The
+format follows the path suffix (``.png``, ``.pdf``, ``.svg``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+
+from kappaflow.evaluation.metrics import basic_metrics, regression_metrics
+
+PathLike = str | os.PathLike[str]
+
+
+def _new_figure(width: float = 5.0, height: float = 4.0) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: PathLike, dpi: int = 150) -> Path:
+    """Write ``fig`` atomically to ``path`` and return it."""
+    out = Path(path)
+    fmt = out.suffix.lstrip(".").lower()
+    if not fmt:
+        raise ValueError(f"figure path {out} has no suffix to pick the format from")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def parity_plot(
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    path: PathLike,
+    *,
+    log: bool = True,
+    title: str | None = None,
+    units: str = "W/m/K",
+    quantity: str = "κ",
+) -> Path:
+    """Scatter predicted vs reference values with the y = x line and metrics in the legend.
+
+    Args:
+        y_true: reference values in raw units (κ in W/m/K).
+        y_pred: predictions in the same units.
+        path: output file.
+        log: log-log axes and κ metrics (:func:`regression_metrics`, values must be > 0);
+            otherwise linear axes and :func:`basic_metrics`.
+        title: figure title.
+        units: unit label of the axes.
+        quantity: symbol of the plotted quantity.
+
+    Returns:
+        The written path.
+    """
+    if log:
+        m = regression_metrics(y_true, y_pred)
+        text = (
+            f"log10 MAE = {m['log10_mae']:.3f}\nR² (log10) = {m['log10_r2']:.3f}\n"
+            f"Spearman ρ = {m['spearman']:.3f}\nMAPE = {m['mape']:.1f} %\nn = {int(m['n'])}"
+        )
+    else:
+        m = basic_metrics(y_true, y_pred)
+        text = (
+            f"MAE = {m['mae']:.3g} {units}\nRMSE = {m['rmse']:.3g} {units}\n"
+            f"R² = {m['r2']:.3f}\nn = {int(m['n'])}"
+        )
+    t = np.asarray(y_true, dtype=float).reshape(-1)
+    p = np.asarray(y_pred, dtype=float).reshape(-1)
+    lo, hi = min(t.min(), p.min()), max(t.max(), p.max())
+    if log:
+        lo, hi = lo / 1.5, hi * 1.5
+    else:
+        pad = 0.05 * (hi - lo) if hi > lo else 1.0
+        lo, hi = lo - pad, hi + pad
+    fig = _new_figure(4.8, 4.5)
+    ax = fig.add_subplot()
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.scatter(t, p, s=14, alpha=0.7, edgecolors="none", label=text)
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"reference {quantity} ({units})")
+    ax.set_ylabel(f"predicted {quantity} ({units})")
+    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def learning_curve_plot(
+    history: Mapping[str, Sequence[float]],
+    path: PathLike,
+    *,
+    title: str | None = None,
+    ylabel: str = "loss",
+    logy: bool = False,
+) -> Path:
+    """Plot per-epoch curves, e.g. ``{"train_loss": [...], "val_loss": [...]}``.
+
+    Args:
+        history: series name -> one value per epoch (NaN leaves a gap).
+        path: output file.
+        title: figure title.
+        ylabel: y-axis label (e.g. ``"MSE (standardized log10 κ)"``).
+        logy: logarithmic y axis.
+
+    Returns:
+        The written path.
+    """
+    series = {k: np.asarray(v, dtype=float).reshape(-1) for k, v in history.items()}
+    series = {k: v for k, v in series.items() if len(v)}
+    if not series:
+        raise ValueError("history has no non-empty series")
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for name, values in series.items():
+        ax.plot(
+            np.arange(1, len(values) + 1),
+            values,
+            marker="." if len(values) < 50 else None,
+            label=name,
+        )
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def strategy_comparison_plot(
+    table: pd.DataFrame,
+    path: PathLike,
+    *,
+    metric: str = "log10_mae",
+    strategy_col: str = "strategy",
+    dataset_col: str = "dataset",
+    title: str | None = None,
+    ylabel: str | None = None,
+) -> Path:
+    """Draw a grouped bar chart of a metric (mean ± std over folds) per dataset and strategy.
+
+    Args:
+        table: one row per (strategy, dataset) with columns ``<metric>_mean`` and optionally
+            ``<metric>_std`` (as produced by :func:`~kappaflow.evaluation.metrics.aggregate_folds`).
+        path: output file.
+        metric: metric name, e.g. ``"log10_mae"`` (decades of κ).
+        strategy_col: column naming the training strategy (bars within a group).
+        dataset_col: column naming the evaluation dataset (groups on the x axis).
+        title: figure title.
+        ylabel: y-axis label (defaults to the metric name).
+
+    Returns:
+        The written path.
+    """
+    mean_col, std_col = f"{metric}_mean", f"{metric}_std"
+    missing = {strategy_col, dataset_col, mean_col} - set(table.columns)
+    if missing:
+        raise ValueError(f"table lacks column(s) {sorted(missing)}; has {list(table.columns)}")
+    if table.empty:
+        raise ValueError("table is empty")
+    if table.duplicated([strategy_col, dataset_col]).any():
+        raise ValueError(f"duplicated ({strategy_col}, {dataset_col}) rows")
+    strategies = list(dict.fromkeys(table[strategy_col]))
+    datasets = list(dict.fromkeys(table[dataset_col]))
+    means = table.pivot(index=dataset_col, columns=strategy_col, values=mean_col)
+    means = means.reindex(index=datasets, columns=strategies)
+    stds = None
+    if std_col in table.columns:
+        stds = table.pivot(index=dataset_col, columns=strategy_col, values=std_col)
+        stds = stds.reindex(index=datasets, columns=strategies)
+    width = 0.8 / len(strategies)
+    x = np.arange(len(datasets))
+    fig = _new_figure(max(5.0, 1.2 * len(datasets) * max(1, len(strategies)) ** 0.5 + 2), 4.0)
+    ax = fig.add_subplot()
+    for i, strategy in enumerate(strategies):
+        ax.bar(
+            x + (i - (len(strategies) - 1) / 2) * width,
+            means[strategy].to_numpy(dtype=float),
+            width,
+            yerr=None if stds is None else stds[strategy].to_numpy(dtype=float),
+            capsize=3,
+            label=str(strategy),
+        )
+    ax.set_xticks(x, [str(d) for d in datasets])
+    ax.set_ylabel(ylabel or metric)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def size_study_plot(
+    fractions: ArrayLike,
+    maes: ArrayLike | Mapping[str, ArrayLike],
+    stds: ArrayLike | Mapping[str, ArrayLike] | None,
+    path: PathLike,
+    *,
+    xlabel: str = "fraction of training data",
+    ylabel: str = "log10 MAE of κ",
+    logx: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Error vs training-set size, one line with error bars per series.
+
+    Args:
+        fractions: training-set fractions (or sizes), x values.
+        maes: mean error per fraction, or series name -> mean errors (e.g. per strategy).
+        stds: standard deviations with the same structure as ``maes``, or None.
+        path: output file.
+        xlabel: x-axis label.
+        ylabel: y-axis label.
+        logx: logarithmic x axis.
+        title: figure title.
+
+    Returns:
+        The written path.
+    """
+    x = np.asarray(fractions, dtype=float).reshape(-1)
+    if isinstance(maes, Mapping):
+        series = {str(k): np.asarray(v, dtype=float).reshape(-1) for k, v in maes.items()}
+        if stds is not None and not isinstance(stds, Mapping):
+            raise ValueError("stds must be a mapping with the same keys as maes")
+        errs = {str(k): np.asarray(v, dtype=float).reshape(-1) for k, v in (stds or {}).items()}
+    else:
+        series = {"": np.asarray(maes, dtype=float).reshape(-1)}
+        if isinstance(stds, Mapping):
+            raise ValueError("stds must be an array when maes is an array")
+        errs = {} if stds is None else {"": np.asarray(stds, dtype=float).reshape(-1)}
+    if not series:
+        raise ValueError("no series to plot")
+    for name, y in series.items():
+        if len(y) != len(x) or (name in errs and len(errs[name]) != len(x)):
+            raise ValueError(f"series {name!r}: lengths differ from {len(x)} fractions")
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for name, y in series.items():
+        ax.errorbar(x, y, yerr=errs.get(name), marker="o", capsize=3, label=name or None)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if any(series):
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

@@ -1,0 +1,30 @@
+"""Crystal property models split into a transferable encoder and a task head."""
+
+from kappaflow.models.base import Encoder, KappaModel
+from kappaflow.models.cgcnn import CGCNNEncoder, build_cgcnn
+from kappaflow.models.descriptor_mlp import (
+    CompositionBatch,
+    DescriptorMLPEncoder,
+    build_descriptor_mlp,
+    composition_data,
+)
+from kappaflow.models.factory import build_model, model_names
+from kappaflow.models.heads import MLPHead
+from kappaflow.models.megnet import MEGNetBlock, MEGNetEncoder, build_megnet
+
+__all__ = [
+    "CGCNNEncoder",
+    "CompositionBatch",
+    "DescriptorMLPEncoder",
+    "Encoder",
+    "KappaModel",
+    "MEGNetBlock",
+    "MEGNetEncoder",
+    "MLPHead",
+    "build_cgcnn",
+    "build_descriptor_mlp",
+    "build_megnet",
+    "build_model",
+    "composition_data",
+    "model_names",
+]

@@ -1,0 +1,311 @@
+"""Lightning module: masked multi-target regression on standardized, transformed targets.
+
+Loss: per target, the MSE over the rows where that target is present (NaN = missing), averaged
+over the targets present in the batch. The model predicts in standardized transformed space
+(log10 κ for κ); metrics are reported there and in original units (κ in W/m/K).
+
+Learning-rate schedules (``scheduler.name``):
+
+* ``cosine``: linear warm-up for ``warmup_epochs`` then cosine decay to ``min_lr_ratio * lr``,
+  stepped every optimizer step (so the schedule state in a checkpoint is always current).
+* ``plateau``: ``ReduceLROnPlateau`` on ``val/loss``, stepped by this module at the end of every
+  validation epoch and saved in the checkpoint (Lightning does not step plateau schedulers on the
+  first epoch after a resume; stepping it here keeps resumed runs identical).
+* ``none``: constant learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+from kappaflow.training.target_transform import TargetTransform
+
+SCHEDULERS = ("cosine", "plateau", "none")
+DEFAULT_SCHEDULER: dict[str, Any] = {
+    "name": "cosine",
+    "warmup_epochs": 0.0,
+    "min_lr_ratio": 0.01,
+    "factor": 0.5,
+    "patience": 10,
+    "min_lr": 1e-6,
+}
+
+
+def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean over targets of the per-target MSE on non-NaN entries.
+
+    Args:
+        pred: [B, T] predictions.
+        target: [B, T] targets, NaN where missing.
+
+    Returns:
+        Scalar loss; ``0 * pred.sum()`` (keeps the graph) if no target is present.
+    """
+    mask = torch.isfinite(target)
+    sq = torch.where(mask, (pred - torch.nan_to_num(target)) ** 2, torch.zeros_like(pred))
+    n = mask.sum(dim=0)
+    present = n > 0
+    if not bool(present.any()):
+        return (pred * 0.0).sum()
+    per_target = sq.sum(dim=0) / n.clamp(min=1)
+    return per_target[present].mean()
+
+
+def masked_mae(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-target MAE ``[T]`` on non-NaN entries (NaN for a target with no entry)."""
+    mask = torch.isfinite(target)
+    ae = torch.where(mask, (pred - torch.nan_to_num(target)).abs(), torch.zeros_like(pred))
+    n = mask.sum(dim=0)
+    out = ae.sum(dim=0) / n.clamp(min=1)
+    return torch.where(n > 0, out, torch.full_like(out, float("nan")))
+
+
+def _plain(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+class KappaLightningModule(L.LightningModule):
+    """Train a ``KappaModel`` on standardized, transformed targets.
+
+    Args:
+        model: a ``KappaModel`` (``forward(batch) -> [B, T]`` standardized transformed space);
+            if it has an ``encoder`` attribute its parameters form a separate parameter group.
+        transform: fitted :class:`TargetTransform` (train-split statistics).
+        lr: base (head) learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        encoder_lr_mult: encoder learning rate = ``lr * encoder_lr_mult`` (transfer learning);
+            ``0`` freezes the encoder (``KappaModel.freeze_encoder(0)``). Parameters with
+            ``requires_grad = False`` (e.g. a model frozen beforehand) are never optimized.
+        scheduler: schedule config (keys of :data:`DEFAULT_SCHEDULER`; missing keys take the
+            defaults).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        transform: TargetTransform,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        encoder_lr_mult: float = 1.0,
+        scheduler: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.transform = transform
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.encoder_lr_mult = float(encoder_lr_mult)
+        self.sched_cfg = {**DEFAULT_SCHEDULER, **_plain(scheduler)}
+        if self.sched_cfg["name"] not in SCHEDULERS:
+            raise ValueError(f"scheduler.name must be one of {SCHEDULERS}")
+        if self.encoder_lr_mult < 0:
+            raise ValueError("encoder_lr_mult must be >= 0")
+        if self.encoder_lr_mult == 0 and hasattr(model, "encoder"):
+            if hasattr(model, "freeze_encoder"):
+                model.freeze_encoder(0)  # also keeps the frozen encoder in eval mode (BN stats)
+            else:
+                model.encoder.requires_grad_(False)
+        # Plain values only: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {
+                "lr": self.lr,
+                "weight_decay": self.weight_decay,
+                "encoder_lr_mult": self.encoder_lr_mult,
+                "scheduler": dict(self.sched_cfg),
+                "transform": transform.to_dict(),
+                "model_class": type(model).__name__,
+            }
+        )
+        self._plateau: ReduceLROnPlateau | None = None
+        self._plateau_state: dict[str, Any] | None = None
+        self._eval_buf: dict[str, list[tuple[Tensor, Tensor]]] = {"val": [], "test": []}
+
+    @classmethod
+    def from_cfg(
+        cls, model: nn.Module, transform: TargetTransform, trainer_cfg: Mapping[str, Any]
+    ) -> KappaLightningModule:
+        """Build from ``trainer.optim`` (lr, weight_decay, encoder_lr_mult) and ``.scheduler``."""
+        cfg = _plain(trainer_cfg)
+        optim = cfg.get("optim") or {}
+        return cls(
+            model,
+            transform,
+            lr=optim.get("lr", 1e-3),
+            weight_decay=optim.get("weight_decay", 0.0),
+            encoder_lr_mult=optim.get("encoder_lr_mult", 1.0),
+            scheduler=cfg.get("scheduler"),
+        )
+
+    # ------------------------------------------------------------------ forward / steps
+    def forward(self, batch: Any) -> Tensor:
+        """Model output ``[B, T]`` in standardized transformed space (float32)."""
+        return self.model(batch).float()
+
+    def _targets(self, batch: Any) -> Tensor:
+        y = batch.y.float()
+        return y.reshape(-1, self.transform.n_targets)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Masked MSE on standardized targets; logs ``train/loss`` (epoch mean)."""
+        pred = self(batch)
+        loss = masked_mse(pred, self.transform(self._targets(batch)))
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=pred.shape[0],
+            prog_bar=True,
+        )
+        return loss
+
+    def _eval_step(self, stage: str, batch: Any) -> None:
+        pred = self(batch)
+        self._eval_buf[stage].append((pred.detach(), self._targets(batch).detach()))
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Accumulate predictions; metrics are computed over the whole split at epoch end."""
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """Accumulate predictions; metrics are computed over the whole split at epoch end."""
+        self._eval_step("test", batch)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Return ``{"ids": list[str], "pred": [B, T] original units (κ in W/m/K)}``."""
+        pred = self.transform.inverse(self(batch))
+        ids = batch.material_id if hasattr(batch, "material_id") else [None] * pred.shape[0]
+        return {"ids": list(ids), "pred": pred.detach().cpu()}
+
+    # ------------------------------------------------------------------ metrics
+    def split_metrics(self, stage: str, pred_z: Tensor, y_raw: Tensor) -> dict[str, Tensor]:
+        """Loss and MAEs of one split.
+
+        Returns:
+            ``{stage}/loss`` (standardized MSE), ``{stage}/mae_std`` (mean standardized MAE),
+            ``{stage}/{name}/mae`` (original units, e.g. W/m/K) and, for log10 targets,
+            ``{stage}/{name}/mae_log10`` (MAE of log10 values).
+        """
+        z_true = self.transform(y_raw)
+        out = {
+            f"{stage}/loss": masked_mse(pred_z, z_true),
+            f"{stage}/mae_std": torch.nanmean(masked_mae(pred_z, z_true)),
+        }
+        mae_raw = masked_mae(self.transform.inverse(pred_z), y_raw)
+        mae_t = masked_mae(self.transform.unstandardize(pred_z), self.transform.transform(y_raw))
+        for j, (name, kind) in enumerate(
+            zip(self.transform.names, self.transform.transforms, strict=True)
+        ):
+            out[f"{stage}/{name}/mae"] = mae_raw[j]
+            if kind == "log10":
+                out[f"{stage}/{name}/mae_log10"] = mae_t[j]
+        return out
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        buf = self._eval_buf[stage]
+        self._eval_buf[stage] = []
+        if not buf:
+            return
+        pred = torch.cat([p for p, _ in buf]).float()
+        y = torch.cat([t for _, t in buf]).float()
+        metrics = self.split_metrics(stage, pred, y)
+        metrics = {k: v for k, v in metrics.items() if torch.isfinite(v)}
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=pred.shape[0])
+        fitting = self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
+        if stage == "val" and fitting and self._plateau is not None:
+            self._plateau.step(float(metrics[f"{stage}/loss"]))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log validation metrics; step the plateau scheduler."""
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log test metrics."""
+        self._eval_epoch_end("test")
+
+    def on_train_epoch_start(self) -> None:
+        """Log the learning rate of every parameter group at the epoch start (``lr/<group>``)."""
+        opt = self.optimizers()
+        opt = opt.optimizer if hasattr(opt, "optimizer") else opt
+        for group in opt.param_groups:  # type: ignore[union-attr]
+            self.log(f"lr/{group.get('name', 'all')}", float(group["lr"]), on_epoch=True)
+
+    # ------------------------------------------------------------------ optimization
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups: ``encoder`` (``lr * encoder_lr_mult``) and ``head`` (rest)."""
+        encoder = getattr(self.model, "encoder", None)
+        enc_ids = {id(p) for p in encoder.parameters()} if isinstance(encoder, nn.Module) else set()
+        enc = [p for p in self.model.parameters() if id(p) in enc_ids and p.requires_grad]
+        rest = [p for p in self.model.parameters() if id(p) not in enc_ids and p.requires_grad]
+        groups = []
+        if enc and self.encoder_lr_mult > 0:
+            groups.append({"params": enc, "lr": self.lr * self.encoder_lr_mult, "name": "encoder"})
+        if rest:
+            groups.append({"params": rest, "lr": self.lr, "name": "head"})
+        if not groups:
+            raise ValueError("no trainable parameters")
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        """AdamW plus the configured schedule (see module docstring)."""
+        opt = torch.optim.AdamW(self.param_groups(), lr=self.lr, weight_decay=self.weight_decay)
+        name = self.sched_cfg["name"]
+        if name != "cosine":
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        max_epochs = max(int(self.trainer.max_epochs or 1), 1)
+        warmup = int(round(float(self.sched_cfg["warmup_epochs"]) * total / max_epochs))
+        floor = float(self.sched_cfg["min_lr_ratio"])
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        sched = LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """Create the plateau scheduler (after optimizer state has been restored)."""
+        if self.sched_cfg["name"] != "plateau":
+            return
+        opt = self.optimizers()
+        opt = opt.optimizer if hasattr(opt, "optimizer") else opt
+        self._plateau = ReduceLROnPlateau(
+            opt,  # type: ignore[arg-type]
+            mode="min",
+            factor=float(self.sched_cfg["factor"]),
+            patience=int(self.sched_cfg["patience"]),
+            min_lr=float(self.sched_cfg["min_lr"]),
+        )
+        if self._plateau_state is not None:
+            self._plateau.load_state_dict(self._plateau_state)
+            self._plateau_state = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the plateau scheduler state (plain numbers) with the checkpoint."""
+        if self._plateau is not None:
+            checkpoint["plateau_scheduler"] = self._plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Stash the plateau scheduler state until :meth:`on_train_start`."""
+        self._plateau_state = checkpoint.get("plateau_scheduler")

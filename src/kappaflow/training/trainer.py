@@ -1,0 +1,302 @@
+"""Trainer factory and a resumable ``fit``.
+
+:func:`fit` resumes automatically from ``<out_dir>/checkpoints/last.ckpt``: after a crash
+(even ``kill -9`` mid-epoch) re-running the same command continues from the last finished epoch
+and, on CPU (deterministic), ends with the same metrics as an uninterrupted run. Checkpoints are
+loaded with ``torch.load(weights_only=True)``; everything this package stores in them is plain
+tensors, numbers, strings, lists and dicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from kappaflow.training.callbacks import EpochCounter, EpochSeed
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val/loss"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CKPT = "last.ckpt"
+
+#: Defaults of the ``trainer`` config node (conf/trainer/default.yaml mirrors these).
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "max_epochs": 300,
+    "min_epochs": 1,
+    "batch_size": 64,
+    "eval_batch_size": None,
+    "num_workers": 0,
+    "accelerator": "auto",
+    "devices": 1,
+    "precision": "auto",
+    "deterministic": "auto",
+    "gradient_clip_val": 1.0,
+    "early_stopping": {"patience": 30, "min_delta": 0.0},
+    "limit_train_batches": 1.0,
+    "limit_val_batches": 1.0,
+    "limit_test_batches": 1.0,
+    "limit_predict_batches": 1.0,
+    "num_sanity_val_steps": 0,
+    "progress_bar": "tqdm",
+    "refresh_rate": 20,
+    "log_every_n_steps": 50,
+    "resume": True,
+    "csv_logger": True,
+}
+
+
+def _plain(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    return dict(cfg)
+
+
+def resolve_cfg(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Trainer config merged over :data:`DEFAULTS` with the ``auto`` values resolved.
+
+    ``accelerator: auto`` → ``gpu`` if CUDA is available else ``cpu``; ``precision: auto`` →
+    ``bf16-mixed`` on a bf16-capable GPU, else ``32-true``; ``deterministic: auto`` → True on CPU,
+    False on GPU (scatter ops have no fast deterministic CUDA kernels).
+    """
+    cfg = {**DEFAULTS, **_plain(trainer_cfg)}
+    cfg["early_stopping"] = {**DEFAULTS["early_stopping"], **(cfg.get("early_stopping") or {})}
+    if cfg["accelerator"] == "auto":
+        cfg["accelerator"] = "gpu" if torch.cuda.is_available() else "cpu"
+    gpu = cfg["accelerator"] in ("gpu", "cuda")
+    if cfg["precision"] == "auto":
+        cfg["precision"] = "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    if cfg["deterministic"] == "auto":
+        cfg["deterministic"] = not gpu
+    return cfg
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    """``<out_dir>/checkpoints``."""
+    return Path(out_dir) / CHECKPOINT_DIR
+
+
+def _progress_bar(kind: str, refresh_rate: int) -> Callback | None:
+    if kind == "rich":
+        return RichProgressBar(refresh_rate=refresh_rate)
+    if kind == "tqdm":
+        return TQDMProgressBar(refresh_rate=refresh_rate)
+    if kind in ("none", None, False):
+        return None
+    raise ValueError(f"progress_bar must be rich, tqdm or none, got {kind!r}")
+
+
+def build_trainer(
+    trainer_cfg: Mapping[str, Any] | None,
+    out_dir: str | Path,
+    loggers: Sequence[Logger] | None = None,
+    callbacks: Sequence[Callback] | None = None,
+) -> L.Trainer:
+    """Build a ``lightning.Trainer`` from the ``trainer`` config node.
+
+    Adds: :class:`EpochSeed` (per-epoch reseeding), early stopping on ``val/loss``
+    (``early_stopping.patience``; null/0 disables), ``ModelCheckpoint`` (best on ``val/loss`` as
+    ``best-epoch=NNN.ckpt`` + ``last.ckpt``, every epoch, in ``<out_dir>/checkpoints``), a progress
+    bar, and a ``CSVLogger`` in ``<out_dir>/csv`` when ``csv_logger`` is true.
+
+    Args:
+        trainer_cfg: the ``trainer`` node (keys of :data:`DEFAULTS`).
+        out_dir: run directory (checkpoints, CSV logs).
+        loggers: extra Lightning loggers.
+        callbacks: extra callbacks.
+    """
+    cfg = resolve_cfg(trainer_cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg["accelerator"] in ("gpu", "cuda"):
+        torch.set_float32_matmul_precision("high")
+
+    cbs: list[Callback] = [EpochSeed(cfg["seed"]), EpochCounter()]
+    es = cfg["early_stopping"]
+    if es.get("patience"):
+        cbs.append(
+            EarlyStopping(
+                monitor=MONITOR,
+                mode="min",
+                patience=int(es["patience"]),
+                min_delta=float(es.get("min_delta", 0.0)),
+            )
+        )
+    cbs.append(
+        ModelCheckpoint(
+            dirpath=checkpoint_dir(out),
+            filename="best-{epoch:03d}",
+            monitor=MONITOR,
+            mode="min",
+            save_top_k=1,
+            save_last=True,
+            every_n_epochs=1,
+        )
+    )
+    bar = _progress_bar(cfg["progress_bar"], int(cfg["refresh_rate"]))
+    if bar is not None:
+        cbs.append(bar)
+    cbs.extend(callbacks or [])
+
+    all_loggers: list[Logger] = []
+    if cfg["csv_logger"]:
+        all_loggers.append(CSVLogger(save_dir=out, name="csv", version=0))
+    all_loggers.extend(loggers or [])
+
+    return L.Trainer(
+        default_root_dir=out,
+        accelerator=cfg["accelerator"],
+        devices=cfg["devices"],
+        precision=cfg["precision"],
+        deterministic=cfg["deterministic"],
+        max_epochs=int(cfg["max_epochs"]),
+        min_epochs=int(cfg["min_epochs"] or 0),
+        gradient_clip_val=cfg["gradient_clip_val"],
+        gradient_clip_algorithm="norm",
+        check_val_every_n_epoch=1,
+        limit_train_batches=cfg["limit_train_batches"],
+        limit_val_batches=cfg["limit_val_batches"],
+        limit_test_batches=cfg["limit_test_batches"],
+        limit_predict_batches=cfg["limit_predict_batches"],
+        num_sanity_val_steps=int(cfg["num_sanity_val_steps"]),
+        log_every_n_steps=int(cfg["log_every_n_steps"]),
+        enable_progress_bar=bar is not None,
+        enable_model_summary=False,
+        logger=all_loggers or False,
+        callbacks=cbs,
+    )
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`.
+
+    Attributes:
+        trainer: the Lightning trainer (``callback_metrics`` holds the last logged values).
+        best_ckpt: best checkpoint on ``val/loss`` (None if none was written).
+        last_ckpt: ``<out_dir>/checkpoints/last.ckpt``.
+        resumed_from: checkpoint the run resumed from, or None for a fresh run.
+        first_epoch: first epoch index trained in this call (None if no epoch ran).
+        epochs_run: training epochs run in this call.
+        stopped_early: early stopping ended the run.
+        best_val_loss: best ``val/loss`` (standardized MSE).
+        val_metrics: validation metrics of the best checkpoint.
+        test_metrics: test metrics of the best checkpoint (empty without a test split).
+    """
+
+    trainer: L.Trainer
+    best_ckpt: Path | None
+    last_ckpt: Path
+    resumed_from: Path | None
+    first_epoch: int | None
+    epochs_run: int
+    stopped_early: bool
+    best_val_loss: float | None
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _usable_checkpoint(path: Path) -> bool:
+    """Check that ``path`` loads with ``weights_only=True``; move a corrupt file aside."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means we cannot resume from it
+        bad = path.with_suffix(".ckpt.corrupt")
+        log.warning("cannot resume from %s (%s); moved to %s, starting fresh", path, exc, bad)
+        shutil.move(path, bad)
+        return False
+    return True
+
+
+def load_weights(module: torch.nn.Module, ckpt_path: str | Path) -> None:
+    """Load a Lightning checkpoint's ``state_dict`` into ``module`` (``weights_only=True``)."""
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+
+
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def fit(
+    trainer_cfg: Mapping[str, Any] | None,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    out_dir: str | Path,
+    *,
+    loggers: Sequence[Logger] | None = None,
+    callbacks: Sequence[Callback] | None = None,
+    test: bool = True,
+) -> FitResult:
+    """Train with automatic resume, then evaluate the best checkpoint on val (and test).
+
+    Resumes from ``<out_dir>/checkpoints/last.ckpt`` when it exists and ``trainer.resume`` is
+    true. Call ``lightning.seed_everything(trainer.seed, workers=True)`` *before* building the
+    model so that a fresh run and a resumed run construct the same objects. At the end the module
+    holds the best checkpoint's weights.
+
+    Args:
+        trainer_cfg: the ``trainer`` config node.
+        module: a :class:`~kappaflow.training.module.KappaLightningModule`.
+        datamodule: a :class:`~kappaflow.training.datamodule.GraphDataModule`.
+        out_dir: run directory.
+        loggers: extra Lightning loggers.
+        callbacks: extra callbacks (e.g. the MLflow epoch logger).
+        test: evaluate the best checkpoint on the test split if the datamodule has one.
+    """
+    cfg = resolve_cfg(trainer_cfg)
+    trainer = build_trainer(cfg, out_dir, loggers=loggers, callbacks=callbacks)
+    last = checkpoint_dir(out_dir) / LAST_CKPT
+    resume = last if cfg["resume"] and last.is_file() and _usable_checkpoint(last) else None
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+
+    ckpt_cb = trainer.checkpoint_callback
+    assert isinstance(ckpt_cb, ModelCheckpoint)
+    best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else None
+    best_score = ckpt_cb.best_model_score
+    counter = next(c for c in trainer.callbacks if isinstance(c, EpochCounter))  # type: ignore[attr-defined]
+    es = trainer.early_stopping_callback
+    stopped = bool(es is not None and es.stopped_epoch > 0)
+
+    val_metrics: dict[str, float] = {}
+    test_metrics: dict[str, float] = {}
+    if best is not None and best.is_file():
+        load_weights(module, best)
+        val_metrics = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+        has_test = bool(getattr(datamodule, "test_idx", None))
+        if test and has_test:
+            test_metrics = _floats(trainer.test(module, datamodule=datamodule, verbose=False)[0])
+    return FitResult(
+        trainer=trainer,
+        best_ckpt=best,
+        last_ckpt=last,
+        resumed_from=resume,
+        first_epoch=counter.first_epoch,
+        epochs_run=counter.epochs_run,
+        stopped_early=stopped,
+        best_val_loss=float(best_score) if best_score is not None else None,
+        val_metrics=val_metrics,
+        test_metrics=test_metrics,
+    )

@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from kappaflow.config import compose, flatten, load_params, to_params_yaml
+from kappaflow.data.registry import registry_from_cfg
+from kappaflow.paths import project_root
+
+
+def test_params_yaml_is_the_composed_default():
+    committed = (project_root() / "params.yaml").read_text()
+    assert committed == to_params_yaml(compose()), (
+        "params.yaml is stale: regenerate with `kappaflow config dump > params.yaml`"
+    )
+
+
+def test_every_shared_dataset_has_a_card(real_data_root: Path):
+    import json
+
+    manifest = json.loads((real_data_root / "MANIFEST.json").read_text())
+    cards = registry_from_cfg(compose())
+    assert sorted(c.path for c in cards.values()) == sorted(manifest)
+    for spec in cards.values():
+        assert spec.sha256 == manifest[spec.path]["sha256"], spec.name
+        for target in spec.targets:
+            assert target.column in manifest[spec.path]["columns"], (spec.name, target.column)
+
+
+def test_load_params_overrides(tmp_path: Path):
+    p = tmp_path / "params.yaml"
+    p.write_text("a: 1\nb:\n  c: [1, 2]\nseed: 3\nd: ${seed}\n")
+    cfg = load_params(p, ["a=5", "b.c=[3]", "+e=x"])
+    assert cfg.a == 5 and list(cfg.b.c) == [3] and cfg.e == "x" and cfg.d == 3
+    with pytest.raises(KeyError, match="no key 'zz'"):
+        load_params(p, ["zz=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_params(p, ["a"])
+
+
+def test_flatten():
+    cfg = OmegaConf.create({"a": {"b": 1, "c": {"d": "x"}}, "e": [1, 2], "f": {}})
+    assert flatten(cfg) == {"a.b": 1, "a.c.d": "x", "e": [1, 2], "f": "{}"}

@@ -1,4 +1,7 @@
-"""DVC stage `ingest`: copy/download one raw dataset into data/raw/ (`python pipelines/ingest.py NAME`)."""
+"""DVC stage `ingest`: copy/download one raw dataset into data/raw/.
+
+Usage: `python pipelines/ingest.py NAME [key=value ...]`.
+"""
 
 from kappaflow.config import stage_main
 from kappaflow.data.stages import ingest_stage

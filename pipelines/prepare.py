@@ -1,4 +1,7 @@
-"""DVC stage `prepare`: validate one dataset, quarantine bad rows (`python pipelines/prepare.py NAME`)."""
+"""DVC stage `prepare`: validate one dataset, quarantine bad rows with their reason.
+
+Usage: `python pipelines/prepare.py NAME [key=value ...]`.
+"""
 
 from kappaflow.config import stage_main
 from kappaflow.data.stages import prepare_stage

@@ -1,4 +1,7 @@
-"""DVC stage `pretrain`: pretrain one encoder (`python pipelines/pretrain.py RUN`, RUN in pretrain.runs)."""
+"""DVC stage `pretrain`: pretrain one encoder (RUN is a key of `pretrain.runs`).
+
+Usage: `python pipelines/pretrain.py RUN [key=value ...]`.
+"""
 
 from kappaflow.config import stage_main
 from kappaflow.logging_utils import setup_logging

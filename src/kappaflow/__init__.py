@@ -1,3 +1,3 @@
 from importlib.metadata import version as _v
 
-__version__ = _v('kappaflow')
+__version__ = _v("kappaflow")

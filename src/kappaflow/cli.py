@@ -41,13 +41,15 @@ def _data_report(args: argparse.Namespace) -> int:
             print(f"{r['dataset']:<24} {r['status']}")
             continue
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(r["reasons"].items())) or "-"
-        print(f"{r['dataset']:<24} in={r['n_input']:>7} valid={r['n_valid']:>7} "
-              f"quarantined={r['n_quarantined']:>6}  {reasons}")
+        print(
+            f"{r['dataset']:<24} in={r['n_input']:>7} valid={r['n_valid']:>7} "
+            f"quarantined={r['n_quarantined']:>6}  {reasons}"
+        )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``kappaflow`` command."""
+    """Build the argument parser of the ``kappaflow`` command."""
     parser = argparse.ArgumentParser(prog="kappaflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 

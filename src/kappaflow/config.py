@@ -64,8 +64,10 @@ def load_params(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """
     p = Path(path) if path is not None else project_root() / "params.yaml"
     if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: run from the project root, or regenerate it with "
-                                "`kappaflow config dump > params.yaml`")
+        raise FileNotFoundError(
+            f"{p} not found: run from the project root, or regenerate it with "
+            "`kappaflow config dump > params.yaml`"
+        )
     cfg = OmegaConf.load(p)
     assert isinstance(cfg, DictConfig)
     for item in overrides:

@@ -15,7 +15,7 @@ DEFAULT_DATA_ROOT = "../shared/data"
 
 
 def project_root() -> Path:
-    """Return the project root: the nearest ancestor of the cwd holding ``dvc.yaml`` or ``pyproject.toml``.
+    """Return the project root: nearest ancestor of the cwd with ``dvc.yaml``/``pyproject.toml``.
 
     Falls back to the repository that contains this package (editable installs), then to the cwd.
     """

@@ -10,8 +10,14 @@ def test_kappa_card_parses():
             "path": "ltc/x.csv.gz",
             "kind": "structure",
             "columns": {"id": "id", "formula": "formula", "cif": "cif"},
-            "targets": {"kappa": {"column": "kappa_wmk", "unit": "W/m/K", "transform": "log10",
-                                  "positive": True}},
+            "targets": {
+                "kappa": {
+                    "column": "kappa_wmk",
+                    "unit": "W/m/K",
+                    "transform": "log10",
+                    "positive": True,
+                }
+            },
         }
     )
     assert spec.target_names == ["kappa"]
@@ -27,8 +33,15 @@ def test_log10_needs_positive():
 
 def test_structure_needs_cif_column():
     with pytest.raises(ValueError, match="need columns.cif"):
-        DatasetSpec(name="x", path="x", kind="structure", id_col="id", formula_col="formula",
-                    cif_col=None, targets=())
+        DatasetSpec(
+            name="x",
+            path="x",
+            kind="structure",
+            id_col="id",
+            formula_col="formula",
+            cif_col=None,
+            targets=(),
+        )
 
 
 def test_missing_key_is_named():

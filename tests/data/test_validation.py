@@ -63,7 +63,7 @@ def test_details_name_the_offending_thing() -> None:
     assert "8.0 Å" in by_name["atoms_8p7_angstrom_apart"].detail
     assert "KCl" in by_name["formula_of_other_compound"].detail
     assert "fast" in by_name["kappa_word"].detail
-    assert "1e+05" in by_name["kappa_above_max"].detail
+    assert "100000 W/m/K > max 10000" in by_name["kappa_above_max"].detail
     assert "24 sites" in by_name["24_sites_over_max_16"].detail
     assert "0.5" in by_name["half_occupied_site"].detail
 

@@ -28,7 +28,7 @@ import math
 import re
 import warnings
 from enum import StrEnum
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import gemmi
@@ -125,12 +125,14 @@ def element_z(symbol: str) -> int | None:
     return _symbol_to_z().get(symbol)
 
 
+@lru_cache(maxsize=4096)
 def _symbol_from_type(raw: str) -> str | None:
     """Element symbol of an ``_atom_site_type_symbol`` value such as ``Fe``, ``Fe2+``, ``O2-``."""
     m = _TYPE_SYMBOL_RE.fullmatch(raw.strip())
     return m.group(1).title() if m else None
 
 
+@lru_cache(maxsize=4096)
 def _symbol_from_label(raw: str) -> str | None:
     """Element symbol guessed from an ``_atom_site_label`` such as ``Fe1`` (pymatgen's rule)."""
     m = _LABEL_RE.match(raw.strip())
@@ -279,6 +281,9 @@ def _read_atoms(block: gemmi.cif.Block) -> tuple[np.ndarray, np.ndarray]:
         # '?' / '.' mean unknown: treated as fully occupied, like pymatgen.
         raw_occ = ["1" if gemmi.cif.is_null(v) else v for v in cols["occupancy"]]
         occ = _as_floats(raw_occ, "_atom_site_occupancy")
+        if not np.isfinite(occ).all():
+            bad = int(np.flatnonzero(~np.isfinite(occ))[0])
+            raise CifError(Reason.MALFORMED_CIF, f"site {bad}: non-finite occupancy")
         bad_occ = np.flatnonzero(np.abs(occ - 1.0) > OCCUPANCY_TOL)
         if len(bad_occ):
             i = int(bad_occ[0])

@@ -1,4 +1,4 @@
-"""A compact, library-neutral crystal representation: lattice + atomic numbers + fractional coords."""
+"""A compact crystal representation: lattice + atomic numbers + fractional coordinates."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ class CrystalArrays:
     frac_coords: np.ndarray
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lattice", np.asarray(self.lattice, dtype=np.float64).reshape(3, 3))
+        object.__setattr__(
+            self, "lattice", np.asarray(self.lattice, dtype=np.float64).reshape(3, 3)
+        )
         object.__setattr__(self, "numbers", np.asarray(self.numbers, dtype=np.int64).reshape(-1))
         object.__setattr__(
             self, "frac_coords", np.asarray(self.frac_coords, dtype=np.float64).reshape(-1, 3)
@@ -61,7 +63,9 @@ class CrystalArrays:
     def from_structure(cls, structure: Structure) -> CrystalArrays:
         """Build from an *ordered* pymatgen ``Structure`` (raises ``ValueError`` if disordered)."""
         if not structure.is_ordered:
-            raise ValueError("structure is disordered (partial occupancy); cannot make CrystalArrays")
+            raise ValueError(
+                "structure is disordered (partial occupancy); cannot make CrystalArrays"
+            )
         return cls(
             lattice=structure.lattice.matrix,
             numbers=np.array([site.specie.Z for site in structure], dtype=np.int64),

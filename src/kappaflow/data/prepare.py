@@ -295,10 +295,11 @@ def prepare_dataset(
     good.sort(key=lambda g: g[0])
     bad.sort(key=lambda b: b[0])
     n_valid, n_quarantined = len(good), len(bad)
-    if n_input != n_valid + n_quarantined:
+    seen = np.array([g[0] for g in good] + [b[0] for b in bad], dtype=np.int64)
+    if n_input != n_valid + n_quarantined or not np.array_equal(np.sort(seen), np.arange(n_input)):
         raise RuntimeError(
             f"prepare {spec.name}: {n_input} input rows != {n_valid} valid + "
-            f"{n_quarantined} quarantined"
+            f"{n_quarantined} quarantined (or a row was counted twice)"
         )
     counts = Counter(b[2] for b in bad)
     reasons = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

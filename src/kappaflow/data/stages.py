@@ -32,7 +32,7 @@ def interim_dir(cfg: DictConfig, name: str) -> Path:
 
 
 def resolved_data_root(cfg: DictConfig) -> Path:
-    """The data root DVC tracks (``paths.data_root``), checked against ``KAPPAFLOW_DATA_DIR``.
+    """Return the data root DVC tracks (``paths.data_root``), checked against the env var.
 
     Raises:
         ValueError: if ``KAPPAFLOW_DATA_DIR`` is set to a different directory than
@@ -57,8 +57,9 @@ def ingest_stage(cfg: DictConfig, name: str) -> Path:
     dest = raw_path(cfg, name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     result = fetch(spec, dest=dest, data_root=resolved_data_root(cfg))
-    log.info("ingest %s: %d rows, sha256 %s (%s)", name, result.n_rows, result.sha256,
-             result.source)
+    log.info(
+        "ingest %s: %d rows, sha256 %s (%s)", name, result.n_rows, result.sha256, result.source
+    )
     return dest
 
 

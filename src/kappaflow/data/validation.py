@@ -340,7 +340,7 @@ def _check_geometry(crystal: CrystalArrays, opts: ValidationOptions) -> Rejectio
     return Rejection(
         Reason.ISOLATED_ATOM,
         f"{len(lonely)} atom(s) without any neighbour within the {opts.cutoff} Å cutoff, "
-        f"e.g. atom {i} ({_symbol(crystal.numbers[i])}); shortest lattice vector "
+        f"e.g. atom {i} ({_symbol(crystal.numbers[i])}); smallest cell length "
         f"{float(np.linalg.norm(crystal.lattice, axis=1).min()):.3f} Å",
     )
 

@@ -18,7 +18,9 @@ class GaussianExpansion(nn.Module):
         width: Gaussian width, Å; defaults to ``step``.
     """
 
-    def __init__(self, start: float = 0.0, stop: float = 8.0, step: float = 0.2, width: float | None = None):
+    def __init__(
+        self, start: float = 0.0, stop: float = 8.0, step: float = 0.2, width: float | None = None
+    ):
         super().__init__()
         if stop <= start or step <= 0:
             raise ValueError(f"need start < stop and step > 0, got {start=}, {stop=}, {step=}")

@@ -84,6 +84,11 @@ def periodic_neighbors(
     self pair (``i == j`` with zero image offset) is excluded; two *distinct* atoms at the same
     position are reported with distance 0 so that validation can detect overlaps.
 
+    With ``max_neighbors`` the search first uses a smaller sphere (about 4x ``max_neighbors``
+    atoms at the mean density) and falls back to ``cutoff`` when some centre's k-th neighbour
+    is not safely inside it; the result is identical to truncating the full search, about 2x
+    faster for the CGCNN setting (8 Å, 12).
+
     Args:
         lattice: [3, 3] lattice vectors as rows, Å.
         frac_coords: [n, 3] fractional coordinates (need not be wrapped into [0, 1)).

@@ -29,8 +29,13 @@ def log_data_stage(
     """
     from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset, start_stage_run
 
-    with start_stage_run(cfg, stage, run_name=f"{stage}/{dataset}",
-                         dvc_stage=f"{stage}@{dataset}", tags={"dataset": dataset}) as run:
+    with start_stage_run(
+        cfg,
+        stage,
+        run_name=f"{stage}/{dataset}",
+        dvc_stage=f"{stage}@{dataset}",
+        tags={"dataset": dataset},
+    ) as run:
         if run is None:
             return
         import mlflow

@@ -76,9 +76,11 @@ class EpochHistory(L.Callback):
             return
         row: dict[str, float] = {"epoch": float(trainer.current_epoch)}
         for key, value in trainer.callback_metrics.items():
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                row[key] = float(value)
-            elif isinstance(value, int | float):
+            if (
+                isinstance(value, torch.Tensor)
+                and value.numel() == 1
+                or isinstance(value, int | float)
+            ):
                 row[key] = float(value)
         row["epoch_seconds"] = time.perf_counter() - self._t0
         rows = [r for r in read_history(self.path) if int(r["epoch"]) != int(row["epoch"])]
@@ -100,4 +102,6 @@ def read_history(path: str | Path) -> list[dict[str, float]]:
     if not p.is_file():
         return []
     with p.open(newline="") as fh:
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
+        return [
+            {k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)
+        ]

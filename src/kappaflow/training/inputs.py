@@ -132,8 +132,10 @@ def load_model_inputs(
     try:
         rows = [position[str(mid)] for mid in table["id"].tolist()]
     except KeyError as err:
-        raise ValueError(f"material {err} of the prepared table is not in {graph_cache}: "
-                         "the cache is stale, rerun `dvc repro featurize`") from err
+        raise ValueError(
+            f"material {err} of the prepared table is not in {graph_cache}: "
+            "the cache is stale, rerun `dvc repro featurize`"
+        ) from err
     return ModelInputs(TargetView(graphs.subset(rows), cols), table.reset_index(drop=True), names)
 
 

@@ -45,8 +45,9 @@ def run_dir(cfg: DictConfig, stage: str, run: str) -> Path:
     """
     import hashlib
 
-    digest = hashlib.sha256(json.dumps(_run_signature(cfg, stage, run), sort_keys=True,
-                                       default=str).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(
+        json.dumps(_run_signature(cfg, stage, run), sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
     return project_root() / ".cache" / "kappaflow" / stage / f"{run}-{digest}"
 
 
@@ -57,8 +58,11 @@ def _run_signature(cfg: DictConfig, stage: str, run: str) -> dict[str, Any]:
         "run": OmegaConf.to_container(r, resolve=True),
         "model": OmegaConf.to_container(cfg.models[r.model], resolve=True),
         "trainer": OmegaConf.to_container(trainer_cfg(cfg, stage, run), resolve=True),
-        "stage": {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
-                  for k, v in node.items() if k not in ("runs", "trainer")},
+        "stage": {
+            k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+            for k, v in node.items()
+            if k not in ("runs", "trainer")
+        },
         "graphs": OmegaConf.to_container(cfg.graphs, resolve=True),
     }
 
@@ -117,7 +121,7 @@ def pretrain_split(
 
 
 def excluded_material_ids(cfg: DictConfig, table: pd.DataFrame, level: str) -> set[str]:
-    """Ids of ``table`` whose material occurs in any dataset of ``pretrain.exclude_materials_of``."""
+    """Return ids of ``table`` whose material is in a set of ``pretrain.exclude_materials_of``."""
     from kappaflow.data.leakage import exclude_overlapping
     from kappaflow.data.prepare import load_prepared
 
@@ -131,8 +135,13 @@ def excluded_material_ids(cfg: DictConfig, table: pd.DataFrame, level: str) -> s
 
 
 def evaluate_split(
-    model: Any, transform: Any, inputs: Any, idx: np.ndarray, train_idx: np.ndarray,
-    transforms: dict[str, str], batch_size: int,
+    model: Any,
+    transform: Any,
+    inputs: Any,
+    idx: np.ndarray,
+    train_idx: np.ndarray,
+    transforms: dict[str, str],
+    batch_size: int,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], np.ndarray]:
     """Metrics of the model and of a mean predictor on rows ``idx``, per target (raw units).
 
@@ -216,8 +225,12 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
     # Rows must carry every target the run learns at least partially; a row with none is unused.
     excluded = excluded_material_ids(cfg, table, str(cfg.pretrain.leakage_level))
     roles = pretrain_split(
-        table, excluded, float(cfg.pretrain.val_fraction), float(cfg.pretrain.test_fraction),
-        float(cfg.pretrain.fraction), int(cfg.pretrain.split_seed),
+        table,
+        excluded,
+        float(cfg.pretrain.val_fraction),
+        float(cfg.pretrain.test_fraction),
+        float(cfg.pretrain.fraction),
+        int(cfg.pretrain.split_seed),
     )
     no_label = table[targets].isna().all(axis=1).to_numpy()
     roles = np.where(no_label & np.isin(roles, SPLIT_ROLES), "unlabeled", roles)
@@ -239,11 +252,22 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
     transform = TargetTransform.fit(dm.train_targets(), [transforms[t] for t in targets], targets)
     module = KappaLightningModule.from_cfg(model, transform, tcfg)
 
-    with start_stage_run(cfg, "pretrain", run_name=f"pretrain/{run}", dvc_stage=f"pretrain@{run}",
-                         run_id_file=work / "mlflow_run_id") as active:
+    with start_stage_run(
+        cfg,
+        "pretrain",
+        run_name=f"pretrain/{run}",
+        dvc_stage=f"pretrain@{run}",
+        run_id_file=work / "mlflow_run_id",
+    ) as active:
         if active is not None:
-            log_dataset(table, name=spec.name, digest=file_sha256(prepared), context="pretrain",
-                        source=str(prepared), targets=",".join(targets))
+            log_dataset(
+                table,
+                name=spec.name,
+                digest=file_sha256(prepared),
+                context="pretrain",
+                source=str(prepared),
+                targets=",".join(targets),
+            )
         callbacks: list[L.Callback] = [EpochHistory(work / "history.csv")]
         if active is not None:
             callbacks.append(MlflowEpochLogger())
@@ -254,12 +278,27 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
         epoch_times = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
 
         test_metrics, baseline, test_pred = evaluate_split(
-            module.model, module.transform, inputs, idx["test"], idx["train"], transforms,
+            module.model,
+            module.transform,
+            inputs,
+            idx["test"],
+            idx["train"],
+            transforms,
             batch_size=int(tcfg.eval_batch_size or tcfg.batch_size),
         )
-        save_model(out_model, module.model, module.transform, model_cfg,
-                   meta={"stage": "pretrain", "run": run, "dataset": spec.name,
-                         "targets": targets, "counts": counts})
+        save_model(
+            out_model,
+            module.model,
+            module.transform,
+            model_cfg,
+            meta={
+                "stage": "pretrain",
+                "run": run,
+                "dataset": spec.name,
+                "targets": targets,
+                "counts": counts,
+            },
+        )
 
         # Plots: learning curve (DVC + PNG) and a parity plot per target on the test split.
         hist_df = pd.DataFrame(history)
@@ -269,15 +308,23 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
         )
         learning_curve_plot(
             {k: hist_df[k].tolist() for k in ("train/loss", "val/loss") if k in hist_df},
-            out_plots / "learning_curve.png", title=f"pretrain {run}", ylabel="MSE (standardized)",
+            out_plots / "learning_curve.png",
+            title=f"pretrain {run}",
+            ylabel="MSE (standardized)",
         )
         y_test = inputs.table[targets].to_numpy(dtype=np.float64)[idx["test"]]
         for j, name in enumerate(targets):
             ok = np.isfinite(y_test[:, j])
             unit = spec.target(name).unit
-            parity_plot(y_test[ok, j], test_pred[ok, j], out_plots / f"parity_{name}.png",
-                        log=transforms[name] == "log10", title=f"{run}: {name} (test)",
-                        units=unit, quantity=name)
+            parity_plot(
+                y_test[ok, j],
+                test_pred[ok, j],
+                out_plots / f"parity_{name}.png",
+                log=transforms[name] == "log10",
+                title=f"{run}: {name} (test)",
+                units=unit,
+                quantity=name,
+            )
 
         published = OmegaConf.to_container(model_cfg.get("published") or {}, resolve=True)
         metrics = {
@@ -304,8 +351,11 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
             import mlflow
 
             log_fit_result(result, log_checkpoint=bool(cfg.tracking.log_checkpoints))
-            flat = {k: v for k, v in flatten({"test": test_metrics, "baseline_mean": baseline})
-                    .items() if isinstance(v, int | float) and np.isfinite(v)}
+            flat = {
+                k: v
+                for k, v in flatten({"test": test_metrics, "baseline_mean": baseline}).items()
+                if isinstance(v, int | float) and np.isfinite(v)
+            }
             mlflow.log_metrics(flat)
             if metrics["seconds_per_epoch"] is not None:
                 mlflow.log_metric("seconds_per_epoch", metrics["seconds_per_epoch"])
@@ -323,6 +373,7 @@ def _finite(x: float | None) -> float | None:
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     """Write strict JSON (NaN → null) atomically."""
+
     def clean(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items()}

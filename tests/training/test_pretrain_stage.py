@@ -1,0 +1,99 @@
+"""The data + pretrain stage functions end to end on a small real dataset (perovskites)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kappaflow.config import load_params
+from kappaflow.paths import project_root
+
+pytestmark = [pytest.mark.data, pytest.mark.integration]
+
+
+@pytest.fixture()
+def project(tmp_path: Path, real_data_root: Path, monkeypatch: pytest.MonkeyPatch, mlflow_uri: str):
+    """A scratch project dir (its own data/, models/, mlflow.db) with the repo's params."""
+    params = project_root() / "params.yaml"
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAPPAFLOW_DATA_DIR", str(real_data_root))
+    cfg = load_params(
+        params,
+        [
+            f"paths.data_root={real_data_root}",
+            "pretrain.exclude_materials_of=[paraisite_d1]",
+            "pretrain.fraction=0.3",
+            "pretrain.trainer.max_epochs=2",
+            "pretrain.trainer.batch_size=64",
+            "+pretrain.runs.tiny={model: cgcnn, dataset: perov5_val, targets: [heat_ref, ind_gap]}",
+            "models.cgcnn.atom_fea_len=16",
+            "models.cgcnn.n_conv=1",
+            "models.cgcnn.h_fea_len=32",
+            "trainer.progress_bar=none",
+        ],
+    )
+    return tmp_path, cfg
+
+
+def test_ingest_prepare_featurize_pretrain(project):
+    import mlflow
+
+    from kappaflow.data.stages import ingest_stage, prepare_stage
+    from kappaflow.graphs.stage import featurize_stage
+    from kappaflow.training.export import load_model
+    from kappaflow.training.pretrain import pretrain_stage
+
+    root, cfg = project
+    for name in ("perov5_val", "paraisite_d1"):
+        ingest_stage(cfg, name)
+        prepare_stage(cfg, name)
+    report = json.loads((root / "data/interim/perov5_val/report.json").read_text())
+    assert report["n_input"] == report["n_valid"] + report["n_quarantined"] == 3787
+    featurize_stage(cfg, "perov5_val")
+    assert (root / "data/graphs/perov5_val.pt").is_file()
+
+    metrics = pretrain_stage(cfg, "tiny")
+    saved = json.loads((root / "metrics/pretrain_tiny.json").read_text())
+    assert saved["counts"] == metrics["counts"]
+    counts = metrics["counts"]
+    assert counts["train"] > 0 and counts["val"] > 0 and counts["test"] > 0
+    assert counts["unused"] > counts["train"]  # fraction 0.3 leaves most training groups unused
+    for target in ("heat_ref", "ind_gap"):
+        assert {"mae", "rmse", "r2"} <= set(saved["test"][target])
+        assert {"mae", "rmse", "r2"} <= set(saved["baseline_mean"][target])
+    assert saved["epochs_trained"] == 2 and saved["seconds_per_epoch"] > 0
+
+    # splits: grouped by formula, test never shares a formula with train
+    splits = pd.read_csv(root / "data/splits/pretrain_tiny.csv", keep_default_na=False)
+    train_f = set(splits.loc[splits.role == "train", "formula"])
+    test_f = set(splits.loc[splits.role == "test", "formula"])
+    assert not train_f & test_f
+
+    # exported model reloads (weights_only) and reproduces the test metrics' predictions
+    model, transform, info = load_model(root / "models/pretrain/tiny.pt")
+    assert info["target_names"] == ["heat_ref", "ind_gap"]
+    for png in ("learning_curve.png", "parity_heat_ref.png", "parity_ind_gap.png"):
+        assert (root / "plots/pretrain/tiny" / png).stat().st_size > 1000
+    hist = pd.read_csv(root / "plots/pretrain/tiny/history.csv")
+    assert list(hist.columns) == ["epoch", "train_loss", "val_loss"] and len(hist) == 2
+
+    # MLflow: params, per-epoch curves, dataset input, git/DVC tags, artifacts
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    pre = [r for r in runs if r.info.run_name == "pretrain/tiny"]
+    assert len(pre) == 1
+    run = pre[0]
+    assert run.data.params["pretrain.fraction"] == "0.3"
+    assert run.data.tags["dvc.stage"] == "pretrain@tiny"
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
+    assert np.isfinite(run.data.metrics["test.heat_ref.mae"])
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["perov5_val"]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"plots", "model", "config"} <= arts
+    prep = [r for r in runs if r.info.run_name == "prepare/perov5_val"]
+    assert prep and prep[0].data.metrics["n_valid"] == report["n_valid"]

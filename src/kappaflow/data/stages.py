@@ -60,6 +60,13 @@ def ingest_stage(cfg: DictConfig, name: str) -> Path:
     log.info(
         "ingest %s: %d rows, sha256 %s (%s)", name, result.n_rows, result.sha256, result.source
     )
+    _log_to_mlflow(
+        cfg,
+        "ingest",
+        name,
+        dest.parent,
+        {"n_rows": result.n_rows, "sha256": result.sha256, "source": result.source},
+    )
     return dest
 
 
@@ -85,3 +92,36 @@ def _log_to_mlflow(cfg: DictConfig, stage: str, name: str, out: Path, summary: d
     from kappaflow.tracking.data_runs import log_data_stage
 
     log_data_stage(cfg, stage=stage, dataset=name, out_dir=out, summary=summary)
+
+
+def leakage_stage(cfg: DictConfig) -> dict:
+    """Write the cross-dataset leakage map and per-pair overlap counts (``data/leakage/``).
+
+    Outputs ``map_<level>.csv`` (every row whose material occurs in another dataset: key,
+    formula, spacegroup, dataset, id, datasets) and ``summary.json`` (per level and dataset pair:
+    shared formulas and matching rows; formula lists only where they are short).
+    """
+    from kappaflow.data.leakage import leakage_map, overlap_summary
+    from kappaflow.data.prepare import load_prepared
+
+    frames = {
+        name: load_prepared(interim_dir(cfg, name))[["id", "formula", "spacegroup"]]
+        for name in cfg.leakage.datasets
+    }
+    out = project_root() / "data" / "leakage"
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, dict] = {}
+    for level in cfg.leakage.levels:
+        table = leakage_map(frames, level=level)
+        table.to_csv(out / f"map_{level.replace('+', '_')}.csv", index=False)
+        pairs = overlap_summary(frames, level=level)
+        for pair in pairs.values():
+            formulas = pair.get("formulas", [])
+            if isinstance(formulas, list) and len(formulas) > 50:
+                pair["formulas"] = formulas[:50] + [f"... {len(formulas) - 50} more"]
+        summary[level] = pairs
+        log.info("leakage (%s): %d rows shared across datasets", level, len(table))
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    tmp.replace(out / "summary.json")
+    return summary

@@ -1,4 +1,4 @@
-"""MLflow runs of the data stages (``prepare``, ``featurize``): counts, reports, inputs."""
+"""MLflow runs of the data stages (``ingest``, ``prepare``, ``featurize``): counts, reports."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ def log_data_stage(
 
     Args:
         cfg: full config (its ``tracking`` node configures MLflow; disabled → nothing logged).
-        stage: ``prepare`` or ``featurize``.
+        stage: ``ingest``, ``prepare`` or ``featurize``.
         dataset: dataset card name.
         out_dir: the stage's output directory.
-        summary: the stage's report (``n_input``, ``n_valid``, ``reasons``... or cache summary).
+        summary: the stage's report (``n_input``, ``n_valid``, ``reasons``... or cache summary);
+            numbers become metrics, strings (e.g. the ingested file's sha256) tags.
     """
     from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset, start_stage_run
 
@@ -48,6 +49,8 @@ def log_data_stage(
                 metrics[key] = float(value)
             elif key == "reasons" and isinstance(value, Mapping):
                 metrics.update({f"quarantined/{k}": float(v) for k, v in value.items()})
+            elif isinstance(value, str):
+                mlflow.set_tag(f"{stage}.{key}", value[:5000])
         if metrics:
             mlflow.log_metrics(metrics)
         if stage == "prepare":

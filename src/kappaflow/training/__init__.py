@@ -5,8 +5,7 @@ Submodules are imported lazily (``import kappaflow.training`` does not import Li
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kappaflow._lazy import lazy_exports
 
 _EXPORTS = {
     "TargetTransform": "kappaflow.training.target_transform",
@@ -25,14 +24,4 @@ _EXPORTS = {
     "predict": "kappaflow.training.export",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -28,3 +28,31 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+TINY_PRETRAIN = [
+    "pretrain.exclude_materials_of=[paraisite_d1]",
+    "pretrain.fraction=0.3",
+    "pretrain.trainer.max_epochs=2",
+    "pretrain.trainer.batch_size=64",
+    "+pretrain.runs.tiny={model: cgcnn, dataset: perov5_val, targets: [heat_ref, ind_gap]}",
+    "pretrain.runs.descriptor_mlp_sps.trainer.max_epochs=3",
+    "models.cgcnn.atom_fea_len=16",
+    "models.cgcnn.n_conv=1",
+    "models.cgcnn.h_fea_len=32",
+    "trainer.progress_bar=none",
+]
+
+
+@pytest.fixture()
+def project(tmp_path: Path, real_data_root: Path, monkeypatch: pytest.MonkeyPatch, mlflow_uri: str):
+    """A scratch project dir (own data/, models/, mlflow.db) with the repo's params, tiny models."""
+    from kappaflow.config import load_params
+    from kappaflow.paths import project_root
+
+    params = project_root() / "params.yaml"
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAPPAFLOW_DATA_DIR", str(real_data_root))
+    cfg = load_params(params, [f"paths.data_root={real_data_root}", *TINY_PRETRAIN])
+    return tmp_path, cfg

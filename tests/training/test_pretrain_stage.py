@@ -3,41 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from kappaflow.config import load_params
-from kappaflow.paths import project_root
-
 pytestmark = [pytest.mark.data, pytest.mark.integration]
-
-
-@pytest.fixture()
-def project(tmp_path: Path, real_data_root: Path, monkeypatch: pytest.MonkeyPatch, mlflow_uri: str):
-    """A scratch project dir (its own data/, models/, mlflow.db) with the repo's params."""
-    params = project_root() / "params.yaml"
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KAPPAFLOW_DATA_DIR", str(real_data_root))
-    cfg = load_params(
-        params,
-        [
-            f"paths.data_root={real_data_root}",
-            "pretrain.exclude_materials_of=[paraisite_d1]",
-            "pretrain.fraction=0.3",
-            "pretrain.trainer.max_epochs=2",
-            "pretrain.trainer.batch_size=64",
-            "+pretrain.runs.tiny={model: cgcnn, dataset: perov5_val, targets: [heat_ref, ind_gap]}",
-            "models.cgcnn.atom_fea_len=16",
-            "models.cgcnn.n_conv=1",
-            "models.cgcnn.h_fea_len=32",
-            "trainer.progress_bar=none",
-        ],
-    )
-    return tmp_path, cfg
 
 
 def test_ingest_prepare_featurize_pretrain(project):

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kappaflow.config import flatten
 from kappaflow.data.stages import dataset_spec, interim_dir
+from kappaflow.io_utils import write_json
 from kappaflow.paths import project_root
 
 log = logging.getLogger(__name__)
@@ -120,13 +121,17 @@ def pretrain_split(
     return roles
 
 
-def excluded_material_ids(cfg: DictConfig, table: pd.DataFrame, level: str) -> set[str]:
+def excluded_material_ids(
+    cfg: DictConfig, table: pd.DataFrame, level: str, own_dataset: str
+) -> set[str]:
     """Return ids of ``table`` whose material is in a set of ``pretrain.exclude_materials_of``."""
     from kappaflow.data.leakage import exclude_overlapping
     from kappaflow.data.prepare import load_prepared
 
     others = []
     for name in cfg.pretrain.exclude_materials_of or []:
+        if name == own_dataset:  # e.g. SPS pretraining on ju2021_sps keeps its own rows
+            continue
         others.append(load_prepared(interim_dir(cfg, name))[["id", "formula", "spacegroup"]])
     if not others:
         return set()
@@ -223,7 +228,7 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
     table = load_prepared(interim_dir(cfg, spec.name))
     table = table.drop(columns=[c for c in ("lattice", "numbers", "frac_coords") if c in table])
     # Rows must carry every target the run learns at least partially; a row with none is unused.
-    excluded = excluded_material_ids(cfg, table, str(cfg.pretrain.leakage_level))
+    excluded = excluded_material_ids(cfg, table, str(cfg.pretrain.leakage_level), spec.name)
     roles = pretrain_split(
         table,
         excluded,
@@ -326,7 +331,7 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
                 quantity=name,
             )
 
-        published = OmegaConf.to_container(model_cfg.get("published") or {}, resolve=True)
+        published = OmegaConf.to_container(model_cfg, resolve=True).get("published") or {}
         metrics = {
             "run": run,
             "model": str(spec_run.model),
@@ -346,7 +351,7 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
             "device": str(next(module.model.parameters()).device),
             "wall_seconds": time.perf_counter() - t_start,
         }
-        _write_json(out_metrics, metrics)
+        write_json(out_metrics, metrics)
         if active is not None:
             import mlflow
 
@@ -369,22 +374,3 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
 
 def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Write strict JSON (NaN → null) atomically."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        if isinstance(v, float) and not np.isfinite(v):
-            return None
-        if isinstance(v, np.generic):
-            return clean(v.item())
-        return v
-
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(clean(obj), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)

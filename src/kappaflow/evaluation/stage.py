@@ -1,0 +1,153 @@
+"""The ``evaluate`` stage: baselines on the same folds, the transfer table, plots, metrics.
+
+Reads every ``models/finetune/<strategy>/<dataset>/cv.json`` (written by the ``finetune`` stage),
+runs the trivial and composition baselines (median of log10 κ; random forest on Magpie features)
+through the very same repeated grouped k-fold, and writes:
+
+* ``reports/transfer.md``: rows = strategy × training set, columns = test set (the held-out folds
+  of the same set), MAPE % and log10-MAE mean ± std; ParAIsite's published numbers quoted beside,
+  flagged as not comparable (in-sample, not grouped CV);
+* ``metrics/transfer.json``: every number of the table (``dvc metrics show``);
+* ``plots/transfer/``: strategy comparison (log10-MAE) and out-of-fold parity plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from kappaflow.io_utils import write_json
+from kappaflow.paths import project_root
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
+    """Assemble the transfer report from the fine-tuning CV results and the baselines."""
+    from kappaflow.evaluation.plots import parity_plot, strategy_comparison_plot
+    from kappaflow.evaluation.protocol import (
+        cross_validate,
+        magpie_rf_fit_predict,
+        median_fit_predict,
+    )
+    from kappaflow.evaluation.report import published_table, transfer_table, write_report
+    from kappaflow.tracking import start_stage_run
+    from kappaflow.tracking.runs import log_artifact
+    from kappaflow.transfer.stage import kappa_table
+
+    root = project_root()
+    ev = cfg.evaluation
+    plots = root / cfg.paths.plots_dir / "transfer"
+    plots.mkdir(parents=True, exist_ok=True)
+    baselines = {
+        "median": lambda t: median_fit_predict(t),
+        "magpie_rf": lambda t: magpie_rf_fit_predict(t, seed=int(cfg.seed)),
+    }
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for dataset in ev.datasets:
+        table, _ = kappa_table(cfg, dataset)
+        for name in ev.baselines:
+            if name not in baselines:
+                raise KeyError(f"unknown baseline {name!r}; known: {sorted(baselines)}")
+            result = cross_validate(
+                table,
+                baselines[name](table),
+                n_splits=int(ev.n_splits),
+                n_repeats=int(ev.n_repeats),
+                seed=int(ev.seed),
+                val_fraction=float(ev.val_fraction),
+                group_level=str(ev.group_level),
+                progress=False,
+            )
+            rows.append(
+                {
+                    "strategy": f"baseline:{name}",
+                    "train_set": dataset,
+                    "test_set": dataset,
+                    **result.summary,
+                }
+            )
+        for strategy in cfg.transfer.strategies:
+            path = root / cfg.paths.models_dir / "finetune" / strategy / dataset / "cv.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} missing: run `dvc repro finetune`")
+            cv = json.loads(path.read_text())
+            if "skipped" in cv:
+                skipped.append(f"{strategy} on {dataset}: {cv['skipped']}")
+                continue
+            summary = {k: (float("nan") if v is None else v) for k, v in cv["summary"].items()}
+            rows.append(
+                {"strategy": strategy, "train_set": dataset, "test_set": dataset, **summary}
+            )
+            preds = pd.read_csv(path.parent / "predictions.csv", keep_default_na=False)
+            parity_plot(
+                preds["kappa_true"],
+                preds["kappa_pred"],
+                plots / f"parity_{strategy}_{dataset}.png",
+                title=f"{strategy} on {dataset} (out-of-fold)",
+            )
+    results = pd.DataFrame(rows)
+    strategy_comparison_plot(
+        results.rename(columns={"train_set": "dataset"}),
+        plots / "strategy_comparison.png",
+        metric="log10_mae",
+    )
+    tl_vs_scratch = _tl_vs_scratch(results)
+    published = OmegaConf.to_container(ev.published, resolve=True)
+    sections = [
+        "## Held-out results (repeated grouped k-fold)",
+        transfer_table(results),
+        "## Does transfer beat training from scratch? (log10-MAE, lower is better)",
+        _markdown_list(tl_vs_scratch),
+    ]
+    if skipped:
+        sections += ["## Not run", _markdown_list(skipped)]
+    sections += [
+        "## Published numbers (context only)",
+        published_table((published or {}).get("paraisite")),
+    ]
+    report = write_report(root / str(ev.report), *sections, title="kappaflow transfer report")
+    metrics = {
+        f"{r['strategy']}/{r['train_set']}": {k: r[k] for k in r if k.endswith(("_mean", "_std"))}
+        for r in rows
+    }
+    write_json(root / cfg.paths.metrics_dir / "transfer.json", metrics)
+    with start_stage_run(cfg, "evaluate", run_name="evaluate", dvc_stage="evaluate") as run:
+        if run is not None:
+            for f in (
+                report,
+                root / cfg.paths.metrics_dir / "transfer.json",
+                *sorted(plots.glob("*.png")),
+            ):
+                log_artifact(f, "report")
+    log.info("evaluate: %d result rows, report %s", len(rows), report)
+    return metrics
+
+
+def _tl_vs_scratch(results: pd.DataFrame) -> list[str]:
+    """One line per (transfer strategy, dataset): its log10-MAE vs ``scratch`` on the same folds."""
+    lines = []
+    scratch = results[results.strategy == "scratch"].set_index("train_set")
+    for _, r in results.iterrows():
+        if r.strategy in ("scratch",) or str(r.strategy).startswith("baseline:"):
+            continue
+        if r.train_set not in scratch.index:
+            continue
+        s = scratch.loc[r.train_set]
+        delta = r.log10_mae_mean - s.log10_mae_mean
+        verdict = "beats" if delta < 0 else "does not beat"
+        lines.append(
+            f"{r.strategy} on {r.train_set}: {r.log10_mae_mean:.3f} ± {r.log10_mae_std:.3f} vs "
+            f"scratch {s.log10_mae_mean:.3f} ± {s.log10_mae_std:.3f} → {verdict} scratch "
+            f"(Δ = {delta:+.3f})"
+        )
+    return lines or ["(no scratch run to compare with)"]
+
+
+def _markdown_list(items: list[str]) -> str:
+    return "\n".join(f"- {item}" for item in items)

@@ -1,0 +1,333 @@
+"""The ``finetune`` stage: one transfer strategy on one κ dataset, through the CV protocol.
+
+For every fold of the repeated grouped k-fold (:func:`kappaflow.evaluation.protocol.cross_validate`)
+a fresh model is prepared by the strategy (:func:`kappaflow.transfer.strategies.prepare_model`),
+trained on the fold's training rows with early stopping on its inner validation rows, and asked
+for κ (W/m/K) on the test rows only. Models learn log10 κ.
+
+``two_stage`` (ParAIsite III) first fine-tunes on the low-fidelity set(s) of its plan, with every
+material of the evaluated κ set removed from them (so no fold's test material is ever trained on),
+once per (strategy, dataset); each fold then continues from that model.
+
+Outputs, per strategy × dataset (``models/finetune/<strategy>/<dataset>/``): ``cv.json`` (per-fold
+and mean ± std metrics), ``predictions.csv`` (out-of-fold κ). Fold checkpoints and finished fold
+predictions live under ``.cache/kappaflow/finetune/`` so a crashed stage resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from kappaflow.data.stages import dataset_spec, interim_dir
+from kappaflow.io_utils import write_json
+from kappaflow.paths import project_root
+
+log = logging.getLogger(__name__)
+
+
+def kappa_table(cfg: DictConfig, dataset: str) -> tuple[pd.DataFrame, str]:
+    """Return the prepared rows of a κ dataset, its κ target renamed ``kappa`` (W/m/K).
+
+    Returns:
+        ``(table, target_name)`` with columns ``id, formula, spacegroup, kappa``.
+    """
+    from kappaflow.data.prepare import load_prepared
+
+    spec = dataset_spec(cfg, dataset)
+    kappa_targets = [t.name for t in spec.targets if t.unit == "W/m/K"]
+    if not kappa_targets:
+        raise ValueError(f"dataset {dataset!r} has no κ target (unit W/m/K): {spec.target_names}")
+    name = kappa_targets[0]
+    table = load_prepared(interim_dir(cfg, dataset))
+    table = table.loc[table[name].notna()].reset_index(drop=True)
+    table = table[["id", "formula", "spacegroup", name]].rename(columns={name: "kappa"})
+    return table, name
+
+
+def _strategy_node(cfg: DictConfig, strategy: str) -> DictConfig:
+    if strategy not in cfg.transfer.strategies:
+        known = sorted(cfg.transfer.strategies)
+        raise KeyError(f"unknown transfer strategy {strategy!r}; configured: {known}")
+    return cfg.transfer.strategies[strategy]
+
+
+class _Rows:
+    """Rows ``idx`` of a dataset, in that order."""
+
+    def __init__(self, base: Any, idx: np.ndarray):
+        self.base, self.idx = base, np.asarray(idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.base[int(self.idx[i])]
+
+
+def _train(
+    model: Any,
+    inputs: Any,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    tcfg: DictConfig,
+    out_dir: Path,
+) -> Any:
+    """Fit ``model`` on rows ``train_idx`` (early stopping on ``val_idx``); return the module."""
+    from kappaflow.training.datamodule import GraphDataModule
+    from kappaflow.training.module import KappaLightningModule
+    from kappaflow.training.target_transform import TargetTransform
+    from kappaflow.training.trainer import fit
+
+    dm = GraphDataModule.from_cfg(inputs.dataset, train_idx, val_idx, None, tcfg)
+    transform = TargetTransform.fit(dm.train_targets(), ["log10"], ["kappa"])
+    module = KappaLightningModule.from_cfg(model, transform, tcfg)
+    fit(tcfg, module, dm, out_dir, test=False)
+    return module
+
+
+def _predict(module: Any, inputs: Any, idx: np.ndarray, batch_size: int) -> np.ndarray:
+    from kappaflow.training.export import predict
+
+    _, preds = predict(module.model, module.transform, _Rows(inputs.dataset, idx), batch_size)
+    return preds[:, 0]
+
+
+def _inner_split(table: pd.DataFrame, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    from kappaflow.data.leakage import material_keys
+    from kappaflow.data.splits import train_val_test_split
+
+    labels = train_val_test_split(
+        material_keys(table).to_numpy(), (1.0 - val_fraction, val_fraction, 0.0), seed=seed
+    )
+    return np.flatnonzero(labels == "train"), np.flatnonzero(labels == "val")
+
+
+def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, Any]:
+    """Cross-validate transfer ``strategy`` on κ dataset ``dataset``; write its CV results."""
+    from kappaflow.evaluation.protocol import cross_validate
+    from kappaflow.graphs.stage import graph_cache_path
+    from kappaflow.tracking import start_stage_run
+    from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset
+    from kappaflow.training.inputs import input_kind, load_model_inputs
+    from kappaflow.transfer.strategies import (
+        EmbeddingRegressor,
+        apply_stage,
+        extract_embeddings,
+        needs_input_scaler,
+        prepare_model,
+        pretrained_model_path,
+        stage_plan,
+        uses_sklearn_regressor,
+    )
+
+    s_cfg = _strategy_node(cfg, strategy)
+    model_cfg = cfg.models[s_cfg.model]
+    ev = cfg.evaluation
+    seed = int(cfg.seed)
+    root = project_root()
+    out = root / cfg.paths.models_dir / "finetune" / strategy / dataset
+    out.mkdir(parents=True, exist_ok=True)
+    work = (
+        root / ".cache" / "kappaflow" / "finetune" / f"{strategy}-{dataset}-{_digest(cfg, s_cfg)}"
+    )
+    work.mkdir(parents=True, exist_ok=True)
+
+    # two_stage: the earlier stages run once, on their sets minus every material of `dataset`.
+    plan = stage_plan(s_cfg, target_dataset=dataset) if s_cfg.name == "two_stage" else []
+    if any(st.dataset == dataset for st in plan[:-1]):
+        reason = f"{dataset} is an earlier stage's dataset of two_stage: nothing left to chain"
+        log.warning("finetune %s on %s skipped: %s", strategy, dataset, reason)
+        pd.DataFrame(columns=["id", "repeat", "fold", "kappa_true", "kappa_pred"]).to_csv(
+            out / "predictions.csv", index=False
+        )
+        skipped = {"strategy": strategy, "dataset": dataset, "skipped": reason}
+        write_json(out / "cv.json", skipped)
+        return skipped
+    table, _ = kappa_table(cfg, dataset)
+    cache = graph_cache_path(cfg, dataset) if input_kind(model_cfg) == "graph" else None
+    inputs = load_model_inputs(model_cfg, table, ["kappa"], cache)
+    base_trainer = fold_trainer_cfg(cfg, {})
+    pretrained = (
+        pretrained_model_path(root / cfg.paths.models_dir, s_cfg.pretrained)
+        if s_cfg.get("pretrained")
+        else None
+    )
+    batch = int(base_trainer.get("eval_batch_size") or base_trainer.batch_size)
+
+    start_model = None
+    if plan:
+        start_model = _run_earlier_stages(cfg, s_cfg, model_cfg, plan, table, pretrained, work)
+
+    def fit_predict(train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
+        key = _fold_key(train_idx, test_idx)
+        done = work / f"fold-{key}.npy"
+        if done.is_file():  # finished before a crash: reuse
+            return np.load(done)
+        L.seed_everything(seed, workers=True)
+        if plan:
+            model = copy.deepcopy(start_model)
+            model, over = apply_stage(model, plan[-1], 1)
+        else:
+            model, over = prepare_model(s_cfg, model_cfg, pretrained, 1)
+            if inputs.features is not None and needs_input_scaler(s_cfg):
+                model.encoder.fit_input_scaler(inputs.features[train_idx])
+        if uses_sklearn_regressor(s_cfg):
+            emb = extract_embeddings(model, _Rows(inputs.dataset, np.arange(len(table))), batch)
+            reg = EmbeddingRegressor.from_cfg(s_cfg, seed)
+            reg.fit(emb[train_idx], table["kappa"].to_numpy()[train_idx])
+            pred = reg.predict(emb[test_idx])
+        else:
+            tcfg = fold_trainer_cfg(cfg, over)
+            module = _train(model, inputs, train_idx, val_idx, tcfg, work / f"fold-{key}")
+            pred = _predict(module, inputs, test_idx, batch)
+        np.save(done, pred)
+        return pred
+
+    prepared = interim_dir(cfg, dataset) / "valid.parquet"
+    with start_stage_run(
+        cfg,
+        "finetune",
+        run_name=f"finetune/{strategy}/{dataset}",
+        dvc_stage=f"finetune@{strategy}-{dataset}",
+        run_id_file=work / "mlflow_run_id",
+        tags={"strategy": strategy, "dataset": dataset},
+    ) as active:
+        if active is not None:
+            log_dataset(
+                table,
+                name=dataset,
+                digest=file_sha256(prepared),
+                context="finetune",
+                source=str(prepared),
+                targets="kappa",
+            )
+        result = cross_validate(
+            table,
+            fit_predict,
+            n_splits=int(ev.n_splits),
+            n_repeats=int(ev.n_repeats),
+            seed=int(ev.seed),
+            val_fraction=float(ev.val_fraction),
+            group_level=str(ev.group_level),
+            progress=True,
+        )
+        summary = {"strategy": strategy, "dataset": dataset, **result.to_dict()}
+        write_json(out / "cv.json", summary)
+        result.predictions.to_csv(out / "predictions.csv", index=False)
+        if active is not None:
+            _log_folds(result)
+            log_artifact(out / "cv.json")
+            log_artifact(out / "predictions.csv")
+    log.info(
+        "finetune %s on %s: %s",
+        strategy,
+        dataset,
+        {k: round(v, 4) for k, v in result.summary.items() if isinstance(v, float)},
+    )
+    return summary
+
+
+def fold_trainer_cfg(cfg: DictConfig, overrides: dict[str, Any]) -> DictConfig:
+    """Return the trainer of one fit: ``trainer`` < strategy overrides < ``evaluation.trainer``.
+
+    ``evaluation.trainer`` (empty by default) is applied last to every fine-tuning fit, e.g. to
+    cap epochs in a smoke run.
+    """
+    merged = OmegaConf.merge(cfg.trainer, overrides, cfg.evaluation.get("trainer") or {})
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _run_earlier_stages(
+    cfg: DictConfig,
+    s_cfg: DictConfig,
+    model_cfg: DictConfig,
+    plan: list,
+    target: pd.DataFrame,
+    pretrained: Path | None,
+    work: Path,
+) -> Any:
+    """Train the stages before the last one (e.g. AGL κ) on sets without ``target``'s materials."""
+    from kappaflow.data.leakage import exclude_overlapping
+    from kappaflow.graphs.stage import graph_cache_path
+    from kappaflow.training.inputs import input_kind, load_model_inputs
+    from kappaflow.transfer.strategies import apply_stage, prepare_model
+
+    L.seed_everything(int(cfg.seed), workers=True)
+    model, over = prepare_model(s_cfg, model_cfg, pretrained, 1)
+    for k, stage in enumerate(plan[:-1]):
+        if k > 0:
+            model, over = apply_stage(model, stage, 1)
+        table, _ = kappa_table(cfg, stage.dataset)
+        kept, removed = exclude_overlapping(table, [target], level="formula")
+        kept = kept.reset_index(drop=True)
+        log.info(
+            "two_stage stage %d on %s: %d rows (%d removed: materials of the evaluated set)",
+            k,
+            stage.dataset,
+            len(kept),
+            len(removed),
+        )
+        cache = graph_cache_path(cfg, stage.dataset) if input_kind(model_cfg) == "graph" else None
+        inputs = load_model_inputs(model_cfg, kept, ["kappa"], cache)
+        tr, va = _inner_split(kept, float(cfg.evaluation.val_fraction), int(cfg.seed))
+        tcfg = fold_trainer_cfg(cfg, over)
+        module = _train(model, inputs, tr, va, tcfg, work / f"stage{k}-{stage.dataset}")
+        model = module.model
+    return model
+
+
+def _fold_key(train_idx: np.ndarray, test_idx: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256(np.asarray(train_idx).tobytes() + b"|" + np.asarray(test_idx).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _digest(cfg: DictConfig, s_cfg: DictConfig) -> str:
+    import hashlib
+
+    sig = {
+        "strategy": OmegaConf.to_container(s_cfg, resolve=True),
+        "model": OmegaConf.to_container(cfg.models[s_cfg.model], resolve=True),
+        "trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
+        "evaluation": {
+            k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+            for k, v in cfg.evaluation.items()
+            if k != "published"
+        },
+        "seed": cfg.seed,
+    }
+    return hashlib.sha256(json.dumps(sig, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _log_folds(result: Any) -> None:
+    """Mean ± std as parent metrics, one nested child run per fold."""
+    import mlflow
+
+    mlflow.log_metrics(
+        {
+            k: float(v)
+            for k, v in result.summary.items()
+            if isinstance(v, int | float) and np.isfinite(v)
+        }
+    )
+    for f in result.folds:
+        with mlflow.start_run(run_name=f"repeat{f['repeat']}-fold{f['fold']}", nested=True):
+            mlflow.log_params({k: f[k] for k in ("repeat", "fold", "n_train", "n_val", "n_test")})
+            mlflow.log_metrics(
+                {
+                    k: float(v)
+                    for k, v in f["metrics"].items()
+                    if isinstance(v, int | float) and np.isfinite(v)
+                }
+            )

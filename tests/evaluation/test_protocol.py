@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from pymatgen.core import Composition
+
+from kappaflow.data.splits import LeakageError
+from kappaflow.evaluation.protocol import (
+    PREDICTION_COLUMNS,
+    assert_disjoint_materials,
+    cross_validate,
+    exclusion_mask,
+    forbidden_for,
+    magpie_rf_fit_predict,
+    median_fit_predict,
+)
+
+# Non-reduced variants (Na2Cl2, Si2, Pb2Te2) must group with their reduced formulas.
+POOL = [
+    "NaCl", "Na2Cl2", "Si", "Si2", "PbTe", "Pb2Te2", "MgO", "GaAs",
+    "ZnS", "CdTe", "AlN", "BN", "SiC", "KBr", "LiF",
+]  # fmt: skip
+
+
+def _reduced(formula: str) -> str:
+    return Composition(formula).reduced_formula
+
+
+def _table(formulas: list[str], kappa: np.ndarray | None = None) -> pd.DataFrame:
+    n = len(formulas)
+    if kappa is None:
+        kappa = np.geomspace(0.5, 500.0, n)
+    return pd.DataFrame({"id": [f"m-{i}" for i in range(n)], "formula": formulas, "kappa": kappa})
+
+
+class Recorder:
+    """fit_predict that records its calls and returns a constant κ (W/m/K)."""
+
+    def __init__(self, value: float = 3.0) -> None:
+        self.calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.value = value
+
+    def __call__(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> np.ndarray:
+        self.calls.append((train.copy(), val.copy(), test.copy()))
+        return np.full(len(test), self.value)
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> tuple[pd.DataFrame, list[str]]:
+    picks = draw(st.lists(st.sampled_from(POOL), min_size=10, max_size=30))
+    keys = sorted({_reduced(f) for f in picks})
+    assume(len(keys) >= 6)
+    forbidden = draw(st.lists(st.sampled_from(keys), max_size=2, unique=True))
+    kappa = np.asarray(
+        draw(st.lists(st.floats(0.1, 1000.0), min_size=len(picks), max_size=len(picks)))
+    )
+    return _table(picks, kappa), forbidden
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tables(), st.integers(0, 10_000))
+def test_folds_never_leak(case: tuple[pd.DataFrame, list[str]], seed: int) -> None:
+    table, forbidden = case
+    rec = Recorder()
+    res = cross_validate(
+        table, rec, n_splits=3, n_repeats=2, seed=seed, forbidden_groups=forbidden, progress=False
+    )
+    groups = np.array([_reduced(f) for f in table["formula"]])
+    assert len(rec.calls) == 6 == len(res.folds)
+    for train, val, test in rec.calls:
+        fit = np.concatenate([train, val])
+        assert len(np.intersect1d(fit, test)) == 0  # no test index reaches fitting
+        assert len(np.intersect1d(train, val)) == 0
+        assert not set(groups[fit]) & set(groups[test])  # no formula on both sides
+        assert not set(groups[fit]) & set(forbidden)  # forbidden materials never fitted
+        assert len(val) > 0
+    # every row is predicted exactly once per repeat
+    for _, part in res.predictions.groupby("repeat"):
+        assert sorted(part["id"]) == sorted(table["id"])
+
+
+def test_perfect_predictor_scores_zero() -> None:
+    table = _table(POOL)
+    kappa = table["kappa"].to_numpy()
+    res = cross_validate(table, lambda tr, va, te: kappa[te], seed=1, progress=False)
+    assert res.summary["n_folds"] == 15
+    assert res.summary["log10_mae_mean"] == 0.0
+    assert res.summary["mape_mean"] == 0.0
+    assert list(res.predictions.columns) == PREDICTION_COLUMNS
+    np.testing.assert_allclose(res.predictions["kappa_pred"], res.predictions["kappa_true"])
+
+
+def test_aggregate_hand_computed() -> None:
+    # Two materials -> with 2 folds each fold tests exactly one material.
+    # A (κ 1, 100) predicted 10: |Δlog10| = 1, 1 -> MAE 1; APE 900 %, 90 % -> MAPE 495 %.
+    # B (κ 10, 10) predicted 10: MAE 0, MAPE 0.
+    table = _table(["NaCl", "Na2Cl2", "Si", "Si2"], np.array([1.0, 100.0, 10.0, 10.0]))
+    res = cross_validate(
+        table, lambda tr, va, te: np.full(len(te), 10.0), n_splits=2, n_repeats=1,
+        val_fraction=None, progress=False,
+    )  # fmt: skip
+    assert [f["n_test"] for f in res.folds] == [2, 2]
+    assert sorted(f["metrics"]["log10_mae"] for f in res.folds) == [0.0, 1.0]
+    assert res.summary["log10_mae_mean"] == pytest.approx(0.5)
+    assert res.summary["log10_mae_std"] == pytest.approx(math.sqrt(0.5))
+    assert res.summary["mape_mean"] == pytest.approx(247.5)
+    assert res.summary["mape_std"] == pytest.approx(495.0 / math.sqrt(2))
+    assert all(f["n_val"] == 0 and f["n_train"] == 2 for f in res.folds)
+    payload = json.loads(res.to_json())
+    assert payload["summary"]["log10_mae_mean"] == pytest.approx(0.5)
+    assert len(payload["folds"]) == 2 and len(res.fold_table()) == 2
+
+
+def test_bad_predictions_and_table() -> None:
+    table = _table(POOL)
+    with pytest.raises(ValueError, match="shape"):
+        cross_validate(table, lambda tr, va, te: np.ones(len(te) + 1), progress=False)
+    with pytest.raises(ValueError, match="non-positive"):
+        cross_validate(table, lambda tr, va, te: np.zeros(len(te)), progress=False)
+    bad = table.assign(kappa=-1.0)
+    with pytest.raises(ValueError, match="κ"):
+        cross_validate(bad, Recorder(), progress=False)
+    with pytest.raises(ValueError, match="duplicated"):
+        cross_validate(table.assign(id="x"), Recorder(), progress=False)
+
+
+def test_median_baseline_same_folds() -> None:
+    table = _table(POOL)
+    kappa = table["kappa"].to_numpy()
+    rec = Recorder()
+    ref = cross_validate(table, rec, seed=3, progress=False)
+    res = cross_validate(table, median_fit_predict(table), seed=3, progress=False)
+    for (train, _, test), (_, part) in zip(
+        rec.calls, res.predictions.groupby(["repeat", "fold"]), strict=True
+    ):
+        expected = 10 ** np.median(np.log10(kappa[train]))
+        np.testing.assert_allclose(part["kappa_pred"], expected)
+        assert sorted(part["id"]) == sorted(table["id"].to_numpy()[test])
+    assert ref.folds[0]["n_train"] == res.folds[0]["n_train"]
+
+
+def test_magpie_rf_baseline_featurizes_once() -> None:
+    table = _table(POOL)
+    calls: list[int] = []
+
+    def featurizer(formulas: list[str]) -> np.ndarray:
+        calls.append(len(formulas))
+        return np.array([[Composition(f).weight, len(Composition(f))] for f in formulas])
+
+    fp = magpie_rf_fit_predict(table, seed=0, n_estimators=5, featurizer=featurizer)
+    res = cross_validate(table, fp, n_splits=3, n_repeats=1, progress=False)
+    assert calls == [len(table)]
+    assert np.all(np.isfinite(res.predictions["kappa_pred"]))
+    assert np.all(res.predictions["kappa_pred"] > 0)
+
+
+def test_cross_dataset_exclusion() -> None:
+    hq = pd.DataFrame({"id": ["h1", "h2"], "formula": ["PbTe", "Si"]})
+    agl = pd.DataFrame(
+        {"id": ["a1", "a2", "a3", "a4"], "formula": ["Pb2Te2", "NaCl", "Si2", "GaAs"]},
+        index=[7, 7, 3, 1],  # duplicated index: mask must be positional
+    )
+    test_fold = hq.iloc[[0]]
+    assert forbidden_for(agl, [test_fold]) == ["TePb"]
+    mask = exclusion_mask(agl, [test_fold])
+    np.testing.assert_array_equal(mask, [True, False, False, False])
+    assert_disjoint_materials(agl[~mask], test_fold)
+    with pytest.raises(LeakageError, match="TePb"):
+        assert_disjoint_materials(agl, test_fold, context="AGL vs fold 0")
+    np.testing.assert_array_equal(exclusion_mask(agl, [hq]), [True, False, True, False])
+
+
+@pytest.mark.data
+def test_median_baseline_on_paraisite_d1(real_data_root) -> None:  # noqa: ANN001
+    raw = pd.read_csv(real_data_root / "ltc" / "paraisite_dataset1.csv.gz", keep_default_na=False)
+    table = pd.DataFrame(
+        {
+            "id": raw["id"],
+            "formula": raw["formula"],
+            "spacegroup": raw["spacegroup_number"],
+            "kappa": raw["kappa_wmk"].astype(float),
+        }
+    )
+    res = cross_validate(table, median_fit_predict(table), seed=0, progress=False)
+    assert len(res.folds) == 15 and res.summary["n_folds"] == 15
+    for key in ("log10_mae", "log10_rmse", "mape", "mae"):
+        assert np.isfinite(res.summary[f"{key}_mean"]) and np.isfinite(res.summary[f"{key}_std"])
+    assert len(res.predictions) == 3 * len(table)
+    assert 0.1 < res.summary["log10_mae_mean"] < 2.0

@@ -123,3 +123,30 @@ def flatten(cfg: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, Any
 
     walk(container, prefix)
     return out
+
+
+def to_plain(obj: Any) -> Any:
+    """Return plain Python containers for configs, mappings, tuples, numpy scalars and paths.
+
+    ``None`` stays ``None``; OmegaConf nodes are resolved. Used wherever a config must be stored
+    (``weights_only``-safe checkpoints, JSON) or handed to code that expects dicts.
+    """
+    import numpy as np
+    from omegaconf import ListConfig
+
+    if isinstance(obj, DictConfig | ListConfig):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict) or hasattr(obj, "items"):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """Return a config node (or ``None``) as a plain dict (see :func:`to_plain`)."""
+    return dict(to_plain(cfg) or {})

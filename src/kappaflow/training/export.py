@@ -18,26 +18,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 
+from kappaflow.config import to_plain
 from kappaflow.training.target_transform import TargetTransform
 
 FORMAT = "kappaflow-model/1"
-
-
-def _plain(obj: Any) -> Any:
-    """Convert configs / numpy scalars / tuples / paths to plain Python containers."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(obj, DictConfig | ListConfig):
-        return OmegaConf.to_container(obj, resolve=True)
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def save_model(
@@ -65,10 +49,10 @@ def save_model(
         "format": FORMAT,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "transform": transform.to_dict(),
-        "model_cfg": _plain(model_cfg),
+        "model_cfg": to_plain(model_cfg),
         "n_targets": int(transform.n_targets),
         "target_names": list(transform.names),
-        "meta": _plain(dict(meta or {})),
+        "meta": to_plain(dict(meta or {})),
     }
     tmp = p.with_suffix(p.suffix + ".tmp")
     torch.save(payload, tmp)

@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
+
+from kappaflow.config import to_plain
 
 
 def input_kind(model_cfg: Mapping[str, Any] | DictConfig) -> str:
@@ -50,6 +52,19 @@ class TargetView(Dataset):
         data = self.base[i].clone()
         data.y = data.y.reshape(1, -1)[:, self.columns]
         return data
+
+
+class RowsView(Dataset):
+    """Rows ``idx`` of a dataset, in that order (no copy)."""
+
+    def __init__(self, base: Dataset, idx: Sequence[int] | np.ndarray):
+        self.base, self.idx = base, np.asarray(idx, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> Data:
+        return self.base[int(self.idx[i])]
 
 
 class ListDataset(Dataset):
@@ -109,7 +124,7 @@ def load_model_inputs(
         from kappaflow.features.composition import magpie_features
         from kappaflow.models.descriptor_mlp import composition_data
 
-        feats = dict(_plain(model_cfg).get("features") or {})
+        feats = dict(to_plain(model_cfg).get("features") or {})
         X = magpie_features(table["formula"].tolist(), extras=feats.get("extras", ()))
         y = table[names].to_numpy(dtype=np.float64)
         items = [
@@ -137,11 +152,3 @@ def load_model_inputs(
             "the cache is stale, rerun `dvc repro featurize`"
         ) from err
     return ModelInputs(TargetView(graphs.subset(rows), cols), table.reset_index(drop=True), names)
-
-
-def _plain(node: Any) -> dict[str, Any]:
-    if isinstance(node, DictConfig):
-        out = OmegaConf.to_container(node, resolve=True)
-        assert isinstance(out, dict)
-        return out
-    return dict(node)

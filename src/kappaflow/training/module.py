@@ -26,6 +26,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
+from kappaflow.config import as_dict
 from kappaflow.training.target_transform import TargetTransform
 
 SCHEDULERS = ("cosine", "plateau", "none")
@@ -68,19 +69,6 @@ def masked_mae(pred: Tensor, target: Tensor) -> Tensor:
     return torch.where(n > 0, out, torch.full_like(out, float("nan")))
 
 
-def _plain(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
-
-
 class KappaLightningModule(L.LightningModule):
     """Train a ``KappaModel`` on standardized, transformed targets.
 
@@ -113,7 +101,7 @@ class KappaLightningModule(L.LightningModule):
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.encoder_lr_mult = float(encoder_lr_mult)
-        self.sched_cfg = {**DEFAULT_SCHEDULER, **_plain(scheduler)}
+        self.sched_cfg = {**DEFAULT_SCHEDULER, **as_dict(scheduler)}
         if self.sched_cfg["name"] not in SCHEDULERS:
             raise ValueError(f"scheduler.name must be one of {SCHEDULERS}")
         if self.encoder_lr_mult < 0:
@@ -143,7 +131,7 @@ class KappaLightningModule(L.LightningModule):
         cls, model: nn.Module, transform: TargetTransform, trainer_cfg: Mapping[str, Any]
     ) -> KappaLightningModule:
         """Build from ``trainer.optim`` (lr, weight_decay, encoder_lr_mult) and ``.scheduler``."""
-        cfg = _plain(trainer_cfg)
+        cfg = as_dict(trainer_cfg)
         optim = cfg.get("optim") or {}
         return cls(
             model,

@@ -157,8 +157,9 @@ def evaluate_split(
     from kappaflow.evaluation.baselines import MeanPredictor
     from kappaflow.evaluation.metrics import basic_metrics, regression_metrics
     from kappaflow.training.export import predict
+    from kappaflow.training.inputs import RowsView
 
-    _, preds = predict(model, transform, _Subset(inputs.dataset, idx), batch_size=batch_size)
+    _, preds = predict(model, transform, RowsView(inputs.dataset, idx), batch_size=batch_size)
     y_all = inputs.table[inputs.target_names].to_numpy(dtype=np.float64)
     ours: dict[str, dict[str, float]] = {}
     base: dict[str, dict[str, float]] = {}
@@ -174,19 +175,6 @@ def evaluate_split(
         mean = MeanPredictor(transform=tf).fit(np.zeros((ok_train.sum(), 1)), y_train[ok_train])
         base[name] = metric(y_true[ok], mean.predict(np.zeros((ok.sum(), 1))))
     return ours, base, preds
-
-
-class _Subset:
-    """Rows ``idx`` of a dataset, in that order."""
-
-    def __init__(self, base: Any, idx: np.ndarray):
-        self.base, self.idx = base, np.asarray(idx)
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.base[int(self.idx[i])]
 
 
 def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:

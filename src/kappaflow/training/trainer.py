@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from kappaflow.config import as_dict
 from kappaflow.training.callbacks import EpochCounter, EpochSeed
 
 log = logging.getLogger(__name__)
@@ -62,16 +63,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _plain(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
-    if cfg is None:
-        return {}
-    if isinstance(cfg, DictConfig):
-        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    return dict(cfg)
-
-
 def resolve_cfg(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """Trainer config merged over :data:`DEFAULTS` with the ``auto`` values resolved.
 
@@ -79,7 +70,7 @@ def resolve_cfg(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     ``bf16-mixed`` on a bf16-capable GPU, else ``32-true``; ``deterministic: auto`` → True on CPU,
     False on GPU (scatter ops have no fast deterministic CUDA kernels).
     """
-    cfg = {**DEFAULTS, **_plain(trainer_cfg)}
+    cfg = {**DEFAULTS, **as_dict(trainer_cfg)}
     cfg["early_stopping"] = {**DEFAULTS["early_stopping"], **(cfg.get("early_stopping") or {})}
     if cfg["accelerator"] == "auto":
         cfg["accelerator"] = "gpu" if torch.cuda.is_available() else "cpu"

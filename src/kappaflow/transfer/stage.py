@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from kappaflow.data.stages import dataset_spec, interim_dir
 from kappaflow.io_utils import write_json
 from kappaflow.paths import project_root
+from kappaflow.training.inputs import RowsView
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +61,6 @@ def _strategy_node(cfg: DictConfig, strategy: str) -> DictConfig:
     return cfg.transfer.strategies[strategy]
 
 
-class _Rows:
-    """Rows ``idx`` of a dataset, in that order."""
-
-    def __init__(self, base: Any, idx: np.ndarray):
-        self.base, self.idx = base, np.asarray(idx)
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.base[int(self.idx[i])]
-
-
 def _train(
     model: Any,
     inputs: Any,
@@ -97,7 +85,7 @@ def _train(
 def _predict(module: Any, inputs: Any, idx: np.ndarray, batch_size: int) -> np.ndarray:
     from kappaflow.training.export import predict
 
-    _, preds = predict(module.model, module.transform, _Rows(inputs.dataset, idx), batch_size)
+    _, preds = predict(module.model, module.transform, RowsView(inputs.dataset, idx), batch_size)
     return preds[:, 0]
 
 
@@ -181,7 +169,7 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
             if inputs.features is not None and needs_input_scaler(s_cfg):
                 model.encoder.fit_input_scaler(inputs.features[train_idx])
         if uses_sklearn_regressor(s_cfg):
-            emb = extract_embeddings(model, _Rows(inputs.dataset, np.arange(len(table))), batch)
+            emb = extract_embeddings(model, RowsView(inputs.dataset, np.arange(len(table))), batch)
             reg = EmbeddingRegressor.from_cfg(s_cfg, seed)
             reg.fit(emb[train_idx], table["kappa"].to_numpy()[train_idx])
             pred = reg.predict(emb[test_idx])

@@ -30,8 +30,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from kappaflow.config import to_plain
 from kappaflow.models.base import KappaModel
 
 log = logging.getLogger(__name__)
@@ -92,17 +93,6 @@ class StageSpec:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _plain(node: Any) -> Any:
-    """Config node / mapping -> plain python containers (resolved)."""
-    if isinstance(node, DictConfig | ListConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    if isinstance(node, Mapping):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list | tuple):
-        return [_plain(v) for v in node]
-    return node
-
-
 def _deep_merge(*dicts: Mapping[str, Any]) -> dict[str, Any]:
     """Recursive dict merge, later arguments win."""
     out: dict[str, Any] = {}
@@ -111,7 +101,7 @@ def _deep_merge(*dicts: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
                 out[k] = _deep_merge(out[k], v)
             else:
-                out[k] = _plain(v)
+                out[k] = to_plain(v)
     return out
 
 
@@ -127,7 +117,7 @@ def merge_trainer_cfg(
     Returns:
         A new merged ``DictConfig``.
     """
-    merged = OmegaConf.merge(OmegaConf.create(_plain(trainer_cfg)), OmegaConf.create(overrides))
+    merged = OmegaConf.merge(OmegaConf.create(to_plain(trainer_cfg)), OmegaConf.create(overrides))
     assert isinstance(merged, DictConfig)
     return merged
 
@@ -179,7 +169,7 @@ def needs_input_scaler(strategy_cfg: Mapping[str, Any] | DictConfig) -> bool:
 
 
 def _comparable_card(card: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in _plain(card).items() if k not in DOC_KEYS | HEAD_KEYS}
+    return {k: v for k, v in to_plain(card).items() if k not in DOC_KEYS | HEAD_KEYS}
 
 
 def card_differences(
@@ -312,7 +302,7 @@ def stage_plan(
     """
     if strategy_name(strategy_cfg) != "two_stage":
         raise ValueError(f"stage_plan needs a two_stage strategy, got {strategy_cfg.get('name')!r}")
-    cfg = _plain(strategy_cfg)
+    cfg = to_plain(strategy_cfg)
     stages = cfg.get("stages") or []
     if not stages:
         raise ValueError("two_stage strategy has no `stages`")
@@ -362,7 +352,7 @@ def apply_stage(
         ``(model, trainer_overrides)``; ``model`` is the same object, modified in place.
     """
     if not isinstance(stage, StageSpec):
-        st = _plain(stage)
+        st = to_plain(stage)
         stage = StageSpec(
             index=int(st.get("index", 0)),
             dataset=str(st.get("dataset", "")),
@@ -426,8 +416,8 @@ def prepare_model(
     from kappaflow.models import build_model
 
     name = strategy_name(strategy_cfg)
-    cfg = _plain(strategy_cfg)
-    card = _plain(model_cfg)
+    cfg = to_plain(strategy_cfg)
+    card = to_plain(model_cfg)
     want = cfg.get("model")
     if want is not None and want != card.get("name"):
         raise ValueError(
@@ -530,7 +520,7 @@ class EmbeddingRegressor:
         if transform not in ("log10", "none"):
             raise ValueError(f"transform must be log10 or none, got {transform!r}")
         self.name = name
-        self.params = dict(_plain(params or {}))
+        self.params = dict(to_plain(params or {}))
         self.transform = transform
         self.seed = int(seed)
         self.estimator: Any = None
@@ -542,7 +532,7 @@ class EmbeddingRegressor:
     ) -> EmbeddingRegressor:
         """From a ``features`` strategy: ``regressor`` and ``regressor_params.<regressor>``."""
         name = regressor_name(strategy_cfg)
-        params = (_plain(strategy_cfg.get("regressor_params")) or {}).get(name) or {}
+        params = (to_plain(strategy_cfg.get("regressor_params")) or {}).get(name) or {}
         return cls(name, params, seed=seed)
 
     def _build(self) -> Any:

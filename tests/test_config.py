@@ -41,3 +41,20 @@ def test_load_params_overrides(tmp_path: Path):
 def test_flatten():
     cfg = OmegaConf.create({"a": {"b": 1, "c": {"d": "x"}}, "e": [1, 2], "f": {}})
     assert flatten(cfg) == {"a.b": 1, "a.c.d": "x", "e": [1, 2], "f": "{}"}
+
+
+def test_one_transfer_strategy_alone():
+    """`dvc exp run -S transfer=freeze` composes that strategy alone (a smaller matrix)."""
+    assert list(compose().transfer.strategies) == [
+        "scratch",
+        "finetune",
+        "freeze",
+        "features",
+        "two_stage",
+    ]
+    assert list(compose(["transfer=freeze"]).transfer.strategies) == ["freeze"]
+
+
+def test_smoke_experiment_composes():
+    cfg = compose(["+experiment=smoke"])
+    assert cfg.pretrain.fraction < 0.1 and cfg.evaluation.trainer.max_epochs <= 2

@@ -78,7 +78,6 @@ def test_random_forest_uses_featurizer_for_formulas() -> None:
 
 
 def test_random_forest_with_magpie_features() -> None:
-    pytest.importorskip("kappaflow.features.composition")
     formulas = ["NaCl", "KCl", "MgO", "Si", "GaAs", "PbTe", "BAs", "AgI"]
     kappa = np.array([7.1, 7.1, 60.0, 153.0, 45.0, 2.0, 1300.0, 0.5])
     model = MagpieRandomForest("log10", n_estimators=20).fit(formulas, kappa)

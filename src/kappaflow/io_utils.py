@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -32,3 +33,9 @@ def write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
     tmp.write_text(json.dumps(strict_json(obj), indent=indent) + "\n")
     os.replace(tmp, p)
     return p
+
+
+def config_digest(obj: Any, length: int = 12) -> str:
+    """Return a short sha256 of a JSON-able object (key order ignored): a cache key for a config."""
+    text = json.dumps(strict_json(obj), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

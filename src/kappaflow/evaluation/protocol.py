@@ -115,6 +115,22 @@ def _check_fold_indices(train: np.ndarray, val: np.ndarray, test: np.ndarray, ct
             raise LeakageError([str(i) for i in shared], f"{ctx}: row indices shared {what}")
 
 
+def protocol_settings(evaluation_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the :func:`cross_validate` keyword arguments of an ``evaluation`` config node.
+
+    The one place the protocol settings are read, so that learned models and baselines run
+    through identical folds.
+    """
+    ev = evaluation_cfg
+    return {
+        "n_splits": int(ev["n_splits"]),
+        "n_repeats": int(ev["n_repeats"]),
+        "seed": int(ev["seed"]),
+        "val_fraction": float(ev["val_fraction"]),
+        "group_level": str(ev["group_level"]),
+    }
+
+
 def cross_validate(
     table: pd.DataFrame,
     fit_predict: FitPredict,

@@ -33,6 +33,7 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
         cross_validate,
         magpie_rf_fit_predict,
         median_fit_predict,
+        protocol_settings,
     )
     from kappaflow.evaluation.report import published_table, transfer_table, write_report
     from kappaflow.tracking import start_stage_run
@@ -55,14 +56,7 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
             if name not in baselines:
                 raise KeyError(f"unknown baseline {name!r}; known: {sorted(baselines)}")
             result = cross_validate(
-                table,
-                baselines[name](table),
-                n_splits=int(ev.n_splits),
-                n_repeats=int(ev.n_repeats),
-                seed=int(ev.seed),
-                val_fraction=float(ev.val_fraction),
-                group_level=str(ev.group_level),
-                progress=False,
+                table, baselines[name](table), **protocol_settings(ev), progress=False
             )
             rows.append(
                 {

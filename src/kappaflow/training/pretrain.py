@@ -17,7 +17,6 @@ Outputs (paths relative to the project root)::
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kappaflow.config import flatten
 from kappaflow.data.stages import dataset_spec, interim_dir
-from kappaflow.io_utils import write_json
+from kappaflow.io_utils import config_digest, write_json
 from kappaflow.paths import project_root
 
 log = logging.getLogger(__name__)
@@ -44,11 +43,7 @@ def run_dir(cfg: DictConfig, stage: str, run: str) -> Path:
     Lives under ``.cache/kappaflow/`` (not a DVC output, so ``dvc repro`` does not delete it): a
     crashed run resumes from its last checkpoint, while a run with other settings starts fresh.
     """
-    import hashlib
-
-    digest = hashlib.sha256(
-        json.dumps(_run_signature(cfg, stage, run), sort_keys=True, default=str).encode()
-    ).hexdigest()[:12]
+    digest = config_digest(_run_signature(cfg, stage, run))
     return project_root() / ".cache" / "kappaflow" / stage / f"{run}-{digest}"
 
 

@@ -17,7 +17,6 @@ predictions live under ``.cache/kappaflow/finetune/`` so a crashed stage resumes
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from kappaflow.data.stages import dataset_spec, interim_dir
-from kappaflow.io_utils import write_json
+from kappaflow.io_utils import config_digest, write_json
 from kappaflow.paths import project_root
 from kappaflow.training.inputs import RowsView
 
@@ -101,7 +100,7 @@ def _inner_split(table: pd.DataFrame, val_fraction: float, seed: int) -> tuple[n
 
 def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, Any]:
     """Cross-validate transfer ``strategy`` on κ dataset ``dataset``; write its CV results."""
-    from kappaflow.evaluation.protocol import cross_validate
+    from kappaflow.evaluation.protocol import cross_validate, protocol_settings
     from kappaflow.graphs.stage import graph_cache_path
     from kappaflow.tracking import start_stage_run
     from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset
@@ -198,16 +197,7 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
                 source=str(prepared),
                 targets="kappa",
             )
-        result = cross_validate(
-            table,
-            fit_predict,
-            n_splits=int(ev.n_splits),
-            n_repeats=int(ev.n_repeats),
-            seed=int(ev.seed),
-            val_fraction=float(ev.val_fraction),
-            group_level=str(ev.group_level),
-            progress=True,
-        )
+        result = cross_validate(table, fit_predict, **protocol_settings(ev), progress=True)
         summary = {"strategy": strategy, "dataset": dataset, **result.to_dict()}
         write_json(out / "cv.json", summary)
         result.predictions.to_csv(out / "predictions.csv", index=False)
@@ -282,8 +272,6 @@ def _fold_key(train_idx: np.ndarray, test_idx: np.ndarray) -> str:
 
 
 def _digest(cfg: DictConfig, s_cfg: DictConfig) -> str:
-    import hashlib
-
     sig = {
         "strategy": OmegaConf.to_container(s_cfg, resolve=True),
         "model": OmegaConf.to_container(cfg.models[s_cfg.model], resolve=True),
@@ -295,7 +283,7 @@ def _digest(cfg: DictConfig, s_cfg: DictConfig) -> str:
         },
         "seed": cfg.seed,
     }
-    return hashlib.sha256(json.dumps(sig, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return config_digest(sig)
 
 
 def _log_folds(result: Any) -> None:

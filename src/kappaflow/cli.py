@@ -1,6 +1,9 @@
-"""``kappaflow`` command line: ``kappaflow config dump | kappaflow data report``.
+"""``kappaflow`` command line: ``config dump``, ``data report`` and the tools of the subpackages.
 
 Stage entry points live in ``pipelines/`` (run by DVC); this CLI holds the user-facing tools.
+Subcommands owned by a subpackage (``predict``, ``screen``, ``sweep``, ``server``) are added by that
+package's ``add_parser(subparsers)`` (listed in :data:`SUBCOMMAND_MODULES`); those modules must
+import only light dependencies at module level so ``kappaflow --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,6 +14,13 @@ import sys
 from collections.abc import Sequence
 
 from kappaflow.logging_utils import setup_logging
+
+#: Modules that add their own subcommands: each defines ``add_parser(subparsers) -> None``.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "kappaflow.screening.cli",  # predict, screen
+    "kappaflow.sweep.cli",  # sweep
+    "kappaflow.tracking.server",  # server
+)
 
 
 def _config_dump(args: argparse.Namespace) -> int:
@@ -64,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = data_sub.add_parser("report", help="valid/quarantined counts per dataset")
     report.add_argument("--json", action="store_true", help="print JSON")
     report.set_defaults(func=_data_report)
+
+    import importlib
+    import importlib.util
+
+    for name in SUBCOMMAND_MODULES:
+        package = name.rpartition(".")[0]
+        if importlib.util.find_spec(package) and importlib.util.find_spec(name):
+            importlib.import_module(name).add_parser(sub)
     return parser
 
 

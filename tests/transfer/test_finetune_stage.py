@@ -37,9 +37,38 @@ def test_every_strategy_then_the_report(project):
 
     for strategy in cfg.transfer.strategies:
         out = finetune_stage(cfg, strategy, "paraisite_d1")
+        assert out["mlflow_run_id"]
         assert out["summary"]["n_folds"] == 2, strategy
         preds = pd.read_csv(root / f"models/finetune/{strategy}/paraisite_d1/predictions.csv")
         assert len(preds) == 95 and (preds.kappa_pred > 0).all()  # every row predicted once
+        folds = sorted(
+            p.name for p in (root / f"models/finetune/{strategy}/paraisite_d1").glob("folds/*.pt")
+        )
+        if strategy == "features":  # sklearn ridge on embeddings: nothing to export
+            assert folds == []
+        else:  # every fold model exported, loadable weights-only, predicting the saved κ
+            assert folds == ["repeat0-fold0.pt", "repeat0-fold1.pt"], strategy
+
+    # an exported fold model reproduces its out-of-fold predictions
+    from kappaflow.graphs.stage import graph_cache_path
+    from kappaflow.training.export import load_model, predict
+    from kappaflow.training.inputs import RowsView, load_model_inputs
+    from kappaflow.transfer.stage import kappa_table
+
+    model, transform, info = load_model(
+        root / "models/finetune/finetune/paraisite_d1/folds/repeat0-fold1.pt"
+    )
+    assert info["meta"]["fold"] == "repeat0-fold1"
+    table, _ = kappa_table(cfg, "paraisite_d1")
+    preds = pd.read_csv(root / "models/finetune/finetune/paraisite_d1/predictions.csv")
+    fold = preds[(preds.repeat == 0) & (preds.fold == 1)]
+    rows = table.index[table.id.isin(fold.id)].to_numpy()
+    inputs = load_model_inputs(
+        cfg.models.cgcnn, table, ["kappa"], graph_cache_path(cfg, "paraisite_d1")
+    )
+    ids, kappa = predict(model, transform, RowsView(inputs.dataset, rows), 64)
+    expected = fold.set_index("id").loc[ids, "kappa_pred"].to_numpy()
+    assert kappa[:, 0] == pytest.approx(expected, rel=1e-4)
 
     metrics = evaluate_stage(cfg)
     assert set(metrics) == {

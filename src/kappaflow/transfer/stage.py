@@ -10,7 +10,10 @@ material of the evaluated κ set removed from them (so no fold's test material i
 once per (strategy, dataset); each fold then continues from that model.
 
 Outputs, per strategy × dataset (``models/finetune/<strategy>/<dataset>/``): ``cv.json`` (per-fold
-and mean ± std metrics), ``predictions.csv`` (out-of-fold κ). Fold checkpoints and finished fold
+and mean ± std metrics), ``predictions.csv`` (out-of-fold κ) and, for strategies trained by
+gradient descent, ``folds/repeat<r>-fold<f>.pt``: every fold's model as a one-file export
+(:func:`kappaflow.training.export.save_model`; the k-fold ensemble the registry serves, its
+held-out error being exactly this stage's CV error). Fold checkpoints and finished fold
 predictions live under ``.cache/kappaflow/finetune/`` so a crashed stage resumes where it stopped.
 """
 
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +103,38 @@ def _inner_split(table: pd.DataFrame, val_fraction: float, seed: int) -> tuple[n
     return np.flatnonzero(labels == "train"), np.flatnonzero(labels == "val")
 
 
-def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, Any]:
-    """Cross-validate transfer ``strategy`` on κ dataset ``dataset``; write its CV results."""
-    from kappaflow.evaluation.protocol import cross_validate, protocol_settings
+FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def build_fit_predict(
+    cfg: DictConfig,
+    strategy: str,
+    dataset: str,
+    table: pd.DataFrame,
+    work: Path,
+    export_dir: Path | None = None,
+) -> FitPredict:
+    """Return the ``fit_predict(train_idx, val_idx, test_idx) -> κ_pred`` of one strategy.
+
+    The callback :func:`kappaflow.evaluation.protocol.cross_validate` calls once per fold: a
+    fresh model prepared by the strategy, trained on ``train_idx`` with early stopping on
+    ``val_idx``, predicting κ (W/m/K) for ``test_idx`` only. Used by the ``finetune`` stage and
+    by sweeps (on the inner folds of a training part).
+
+    Args:
+        cfg: the composed config.
+        strategy: key of ``transfer.strategies``.
+        dataset: the κ dataset ``table`` comes from (two_stage removes its materials from the
+            earlier stages' sets).
+        table: rows of ``dataset`` (``id, formula, spacegroup, kappa``), possibly a subset.
+        work: cache directory: finished folds (``fold-<key>.npy`` / ``.pt``) are reused, so a
+            crashed run resumes; key = hash of the fold's train and test rows.
+        export_dir: where to copy each fold's exported model as ``repeat<r>-fold<f>.pt`` (folds
+            numbered in call order, ``n_splits`` per repeat); None: no copies.
+    """
+    from kappaflow.evaluation.protocol import protocol_settings
     from kappaflow.graphs.stage import graph_cache_path
-    from kappaflow.tracking import start_stage_run
-    from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset
+    from kappaflow.training.export import save_model
     from kappaflow.training.inputs import input_kind, load_model_inputs
     from kappaflow.transfer.strategies import (
         EmbeddingRegressor,
@@ -118,15 +149,82 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
 
     s_cfg = _strategy_node(cfg, strategy)
     model_cfg = cfg.models[s_cfg.model]
-    ev = cfg.evaluation
     seed = int(cfg.seed)
+    root = project_root()
+    work.mkdir(parents=True, exist_ok=True)
+    plan = stage_plan(s_cfg, target_dataset=dataset) if s_cfg.name == "two_stage" else []
+    cache = graph_cache_path(cfg, dataset) if input_kind(model_cfg) == "graph" else None
+    inputs = load_model_inputs(model_cfg, table, ["kappa"], cache)
+    base_trainer = fold_trainer_cfg(cfg, {})
+    pretrained = (
+        pretrained_model_path(root / cfg.paths.models_dir, s_cfg.pretrained)
+        if s_cfg.get("pretrained")
+        else None
+    )
+    batch = int(base_trainer.get("eval_batch_size") or base_trainer.batch_size)
+    n_splits = int(protocol_settings(cfg.evaluation)["n_splits"])
+    sklearn_head = uses_sklearn_regressor(s_cfg)
+    if export_dir is not None and export_dir.exists():
+        shutil.rmtree(export_dir)
+    fold_no = iter(range(10**9))
+    start_model = (
+        _run_earlier_stages(cfg, s_cfg, model_cfg, plan, table, pretrained, work) if plan else None
+    )
+
+    def export(exported: Path, name: str) -> None:
+        if export_dir is not None and not sklearn_head:
+            export_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(exported, export_dir / name)
+
+    def fit_predict(train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
+        key = _fold_key(train_idx, test_idx)
+        done = work / f"fold-{key}.npy"
+        exported = work / f"fold-{key}.pt"
+        k = next(fold_no)
+        name = f"repeat{k // n_splits}-fold{k % n_splits}.pt"
+        if done.is_file() and (sklearn_head or exported.is_file()):  # finished before a crash
+            export(exported, name)
+            return np.load(done)
+        L.seed_everything(seed, workers=True)
+        if plan:
+            model = copy.deepcopy(start_model)
+            model, over = apply_stage(model, plan[-1], 1)
+        else:
+            model, over = prepare_model(s_cfg, model_cfg, pretrained, 1)
+            if inputs.features is not None and needs_input_scaler(s_cfg):
+                model.encoder.fit_input_scaler(inputs.features[train_idx])
+        if sklearn_head:
+            emb = extract_embeddings(model, RowsView(inputs.dataset, np.arange(len(table))), batch)
+            reg = EmbeddingRegressor.from_cfg(s_cfg, seed)
+            reg.fit(emb[train_idx], table["kappa"].to_numpy()[train_idx])
+            pred = reg.predict(emb[test_idx])
+        else:
+            tcfg = fold_trainer_cfg(cfg, over)
+            module = _train(model, inputs, train_idx, val_idx, tcfg, work / f"fold-{key}")
+            pred = _predict(module, inputs, test_idx, batch)
+            meta = {"strategy": strategy, "dataset": dataset, "fold": name[:-3], "seed": seed}
+            save_model(exported, module.model, module.transform, model_cfg, meta)
+            export(exported, name)
+        np.save(done, pred)
+        return pred
+
+    return fit_predict
+
+
+def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, Any]:
+    """Cross-validate transfer ``strategy`` on κ dataset ``dataset``; write its CV results."""
+    from kappaflow.evaluation.protocol import cross_validate, protocol_settings
+    from kappaflow.tracking import start_stage_run
+    from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset
+    from kappaflow.transfer.strategies import stage_plan
+
+    s_cfg = _strategy_node(cfg, strategy)
     root = project_root()
     out = root / cfg.paths.models_dir / "finetune" / strategy / dataset
     out.mkdir(parents=True, exist_ok=True)
     work = (
         root / ".cache" / "kappaflow" / "finetune" / f"{strategy}-{dataset}-{_digest(cfg, s_cfg)}"
     )
-    work.mkdir(parents=True, exist_ok=True)
 
     # two_stage: the earlier stages run once, on their sets minus every material of `dataset`.
     plan = stage_plan(s_cfg, target_dataset=dataset) if s_cfg.name == "two_stage" else []
@@ -140,45 +238,6 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
         write_json(out / "cv.json", skipped)
         return skipped
     table, _ = kappa_table(cfg, dataset)
-    cache = graph_cache_path(cfg, dataset) if input_kind(model_cfg) == "graph" else None
-    inputs = load_model_inputs(model_cfg, table, ["kappa"], cache)
-    base_trainer = fold_trainer_cfg(cfg, {})
-    pretrained = (
-        pretrained_model_path(root / cfg.paths.models_dir, s_cfg.pretrained)
-        if s_cfg.get("pretrained")
-        else None
-    )
-    batch = int(base_trainer.get("eval_batch_size") or base_trainer.batch_size)
-
-    start_model = None
-    if plan:
-        start_model = _run_earlier_stages(cfg, s_cfg, model_cfg, plan, table, pretrained, work)
-
-    def fit_predict(train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
-        key = _fold_key(train_idx, test_idx)
-        done = work / f"fold-{key}.npy"
-        if done.is_file():  # finished before a crash: reuse
-            return np.load(done)
-        L.seed_everything(seed, workers=True)
-        if plan:
-            model = copy.deepcopy(start_model)
-            model, over = apply_stage(model, plan[-1], 1)
-        else:
-            model, over = prepare_model(s_cfg, model_cfg, pretrained, 1)
-            if inputs.features is not None and needs_input_scaler(s_cfg):
-                model.encoder.fit_input_scaler(inputs.features[train_idx])
-        if uses_sklearn_regressor(s_cfg):
-            emb = extract_embeddings(model, RowsView(inputs.dataset, np.arange(len(table))), batch)
-            reg = EmbeddingRegressor.from_cfg(s_cfg, seed)
-            reg.fit(emb[train_idx], table["kappa"].to_numpy()[train_idx])
-            pred = reg.predict(emb[test_idx])
-        else:
-            tcfg = fold_trainer_cfg(cfg, over)
-            module = _train(model, inputs, train_idx, val_idx, tcfg, work / f"fold-{key}")
-            pred = _predict(module, inputs, test_idx, batch)
-        np.save(done, pred)
-        return pred
-
     prepared = interim_dir(cfg, dataset) / "valid.parquet"
     with start_stage_run(
         cfg,
@@ -197,8 +256,13 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
                 source=str(prepared),
                 targets="kappa",
             )
-        result = cross_validate(table, fit_predict, **protocol_settings(ev), progress=True)
+        fit_predict = build_fit_predict(cfg, strategy, dataset, table, work, out / "folds")
+        result = cross_validate(
+            table, fit_predict, **protocol_settings(cfg.evaluation), progress=True
+        )
         summary = {"strategy": strategy, "dataset": dataset, **result.to_dict()}
+        if active is not None:
+            summary["mlflow_run_id"] = active.info.run_id
         write_json(out / "cv.json", summary)
         result.predictions.to_csv(out / "predictions.csv", index=False)
         if active is not None:

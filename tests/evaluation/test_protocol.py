@@ -193,3 +193,60 @@ def test_median_baseline_on_paraisite_d1(real_data_root) -> None:  # noqa: ANN00
         assert np.isfinite(res.summary[f"{key}_mean"]) and np.isfinite(res.summary[f"{key}_std"])
     assert len(res.predictions) == 3 * len(table)
     assert 0.1 < res.summary["log10_mae_mean"] < 2.0
+
+
+def test_dataset_evaluation_merges_per_dataset_and_keeps_interpolations() -> None:
+    from omegaconf import OmegaConf
+
+    from kappaflow.evaluation.protocol import dataset_evaluation, protocol_settings
+
+    cfg = OmegaConf.create(
+        {
+            "seed": 7,
+            "evaluation": {
+                "n_splits": 5,
+                "n_repeats": 3,
+                "seed": "${seed}",
+                "val_fraction": 0.1,
+                "group_level": "formula",
+                "trainer": {"max_epochs": 2},
+                "per_dataset": {
+                    "big": {"n_repeats": 1, "max_folds": 2, "trainer": {"batch_size": 64}}
+                },
+            },
+        }
+    )
+    big = dataset_evaluation(cfg.evaluation, "big")
+    assert "per_dataset" not in big
+    assert protocol_settings(big) == {
+        "n_splits": 5,
+        "n_repeats": 1,
+        "seed": 7,  # the root interpolation resolved, not a self-reference
+        "val_fraction": 0.1,
+        "group_level": "formula",
+        "max_folds": 2,
+    }
+    assert dict(big.trainer) == {"max_epochs": 2, "batch_size": 64}
+    other = protocol_settings(dataset_evaluation(cfg.evaluation, "small"))
+    assert (other["n_repeats"], other["max_folds"]) == (3, None)
+
+
+def test_max_folds_runs_a_prefix_of_the_same_folds() -> None:
+    table = _table([POOL[i % len(POOL)] + ("" if i < len(POOL) else "2") for i in range(30)])
+    seen: list[np.ndarray] = []
+
+    def fit_predict(train_idx, val_idx, test_idx):  # noqa: ANN001, ANN202
+        seen.append(test_idx)
+        return np.full(len(test_idx), 1.0)
+
+    full = cross_validate(table, fit_predict, n_splits=3, n_repeats=2, seed=1, progress=False)
+    first = [s.copy() for s in seen[:2]]
+    seen.clear()
+    part = cross_validate(
+        table, fit_predict, n_splits=3, n_repeats=2, seed=1, progress=False, max_folds=2
+    )
+    assert part.summary["n_folds"] == 2 and full.summary["n_folds"] == 6
+    assert all(np.array_equal(a, b) for a, b in zip(seen, first, strict=True))
+    assert part.config["max_folds"] == 2
+    with pytest.raises(ValueError, match="max_folds"):
+        cross_validate(table, fit_predict, n_splits=3, progress=False, max_folds=0)

@@ -271,3 +271,56 @@ def size_study_plot(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def extrapolation_plot(
+    kappa_true: ArrayLike,
+    predictions: Mapping[str, ArrayLike],
+    heldout_idx: ArrayLike,
+    threshold: float,
+    path: PathLike,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Predicted vs true κ (log-log, W/m/K) per method, held-out high-κ rows highlighted.
+
+    Args:
+        kappa_true: true κ of every row, W/m/K.
+        predictions: method name -> predicted κ of every row, W/m/K.
+        heldout_idx: positions of the held-out high-κ rows (never trained on).
+        threshold: the κ quantile that defines them (dashed lines).
+        path: output file.
+        title: figure title.
+
+    Returns:
+        The written path.
+    """
+    t = np.asarray(kappa_true, dtype=float).reshape(-1)
+    held = np.zeros(len(t), dtype=bool)
+    held[np.asarray(heldout_idx, dtype=np.int64)] = True
+    if not predictions:
+        raise ValueError("no predictions to plot")
+    n = len(predictions)
+    fig = _new_figure(3.2 * n, 3.4)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    lo, hi = float(t.min()), float(t.max())
+    for ax, (name, pred) in zip(axes, predictions.items(), strict=True):
+        p = np.asarray(pred, dtype=float).reshape(-1)
+        if len(p) != len(t):
+            raise ValueError(f"{name}: {len(p)} predictions for {len(t)} rows")
+        lo, hi = min(lo, float(p.min())), max(hi, float(p.max()))
+        ax.scatter(t[~held], p[~held], s=6, alpha=0.4, color="tab:gray", label="trained on")
+        ax.scatter(t[held], p[held], s=10, alpha=0.8, color="tab:red", label="held out (high κ)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.axvline(threshold, ls="--", lw=0.8, color="k")
+        ax.axhline(threshold, ls="--", lw=0.8, color="k")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("true κ (W/m/K)")
+    for ax in axes:
+        ax.plot([lo, hi], [lo, hi], lw=0.8, color="k")
+    axes[0].set_ylabel("predicted κ (W/m/K)")
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

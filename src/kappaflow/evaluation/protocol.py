@@ -115,19 +115,43 @@ def _check_fold_indices(train: np.ndarray, val: np.ndarray, test: np.ndarray, ct
             raise LeakageError([str(i) for i in shared], f"{ctx}: row indices shared {what}")
 
 
+def dataset_evaluation(evaluation_cfg: Any, dataset: str) -> Any:
+    """Return the ``evaluation`` node for one dataset: ``per_dataset[dataset]`` merged over it.
+
+    ``evaluation.per_dataset.<dataset>`` may change any key (e.g. fewer repeats or a bigger batch
+    on the 3.3k-row AGL set, ``max_folds`` on a big non-κ set); the result has no
+    ``per_dataset`` key. Learned models and baselines both read their folds through this, so
+    they always share them.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    plain = (
+        OmegaConf.to_container(evaluation_cfg, resolve=True)
+        if isinstance(evaluation_cfg, DictConfig)
+        else dict(evaluation_cfg)
+    )
+    assert isinstance(plain, dict)
+    extra = (plain.pop("per_dataset", None) or {}).get(dataset) or {}
+    merged = OmegaConf.merge(OmegaConf.create(plain), extra)
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
 def protocol_settings(evaluation_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Return the :func:`cross_validate` keyword arguments of an ``evaluation`` config node.
 
     The one place the protocol settings are read, so that learned models and baselines run
-    through identical folds.
+    through identical folds. Pass the node of one dataset (:func:`dataset_evaluation`).
     """
     ev = evaluation_cfg
+    max_folds = ev.get("max_folds")
     return {
         "n_splits": int(ev["n_splits"]),
         "n_repeats": int(ev["n_repeats"]),
         "seed": int(ev["seed"]),
         "val_fraction": float(ev["val_fraction"]),
         "group_level": str(ev["group_level"]),
+        "max_folds": None if max_folds is None else int(max_folds),
     }
 
 
@@ -143,6 +167,7 @@ def cross_validate(
     progress: bool = True,
     *,
     kappa_column: str = "kappa",
+    max_folds: int | None = None,
 ) -> CVResult:
     """Repeated grouped k-fold cross-validation of a κ model.
 
@@ -164,6 +189,9 @@ def cross_validate(
         group_level: ``"formula"`` (reduced formula, strictest) or ``"formula+spacegroup"``.
         progress: show a tqdm progress bar over folds.
         kappa_column: name of the κ column.
+        max_folds: evaluate only the first ``max_folds`` folds (of repeat 0 first), e.g. on a big
+            set where every fold costs minutes; each evaluated test fold is still held out.
+            None: all ``n_repeats * n_splits``.
 
     Returns:
         :class:`CVResult` with per-fold metrics, mean ± std summary and out-of-fold predictions.
@@ -186,6 +214,10 @@ def cross_validate(
         forbidden_groups=forbidden or None,
         val_fraction=val_fraction,
     )
+    if max_folds is not None:
+        if max_folds < 1:
+            raise ValueError(f"max_folds must be >= 1 or None, got {max_folds}")
+        folds = list(folds)[:max_folds]
     fold_records: list[dict[str, Any]] = []
     pred_parts: list[pd.DataFrame] = []
     for f in tqdm(folds, desc="cv folds", disable=not progress):
@@ -234,6 +266,7 @@ def cross_validate(
         "n_rows": len(table),
         "n_groups": len(np.unique(groups)),
         "n_forbidden_groups": len(forbidden),
+        "max_folds": max_folds,
     }
     predictions = pd.concat(pred_parts, ignore_index=True)[PREDICTION_COLUMNS]
     return CVResult(fold_records, summary, predictions, config)

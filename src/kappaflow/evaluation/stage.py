@@ -31,6 +31,7 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
     from kappaflow.evaluation.plots import parity_plot, strategy_comparison_plot
     from kappaflow.evaluation.protocol import (
         cross_validate,
+        dataset_evaluation,
         magpie_rf_fit_predict,
         median_fit_predict,
         protocol_settings,
@@ -56,7 +57,10 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
             if name not in baselines:
                 raise KeyError(f"unknown baseline {name!r}; known: {sorted(baselines)}")
             result = cross_validate(
-                table, baselines[name](table), **protocol_settings(ev), progress=False
+                table,
+                baselines[name](table),
+                **protocol_settings(dataset_evaluation(ev, dataset)),
+                progress=False,
             )
             rows.append(
                 {
@@ -101,6 +105,12 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
     ]
     if skipped:
         sections += ["## Not run", _markdown_list(skipped)]
+    other = _other_targets(cfg, root)
+    if other:
+        sections += [
+            "## Non-κ transfer check (TL-CGCNN: refractive index n, same code, same protocol)",
+            other,
+        ]
     sections += [
         "## Published numbers (context only)",
         published_table((published or {}).get("paraisite")),
@@ -141,6 +151,31 @@ def _tl_vs_scratch(results: pd.DataFrame) -> list[str]:
             f"(Δ = {delta:+.3f})"
         )
     return lines or ["(no scratch run to compare with)"]
+
+
+def _other_targets(cfg: DictConfig, root: Any) -> str:
+    """Markdown table of ``finetune_other`` results (non-κ targets): scratch vs transfer."""
+    ev = cfg.evaluation
+    rows = []
+    for dataset in ev.get("other_targets") or []:
+        for strategy in ev.get("other_target_strategies") or []:
+            path = root / cfg.paths.models_dir / "finetune" / strategy / dataset / "cv.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} missing: run `dvc repro finetune_other`")
+            s = json.loads(path.read_text())["summary"]
+            rows.append(
+                f"| {dataset} | {strategy} | {s['n_folds']:.0f} | {s['mae_mean']:.3f} ± "
+                f"{s['mae_std']:.3f} | {s['log10_mae_mean']:.4f} ± {s['log10_mae_std']:.4f} | "
+                f"{s['log10_r2_mean']:.3f} | {s['spearman_mean']:.3f} |"
+            )
+    if not rows:
+        return ""
+    head = (
+        "| dataset | strategy | folds | MAE (target units) | log10-MAE | R² (log10) "
+        "| Spearman ρ |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    return head + "\n" + "\n".join(rows)
 
 
 def _markdown_list(items: list[str]) -> str:

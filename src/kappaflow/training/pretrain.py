@@ -63,6 +63,12 @@ def _run_signature(cfg: DictConfig, stage: str, run: str) -> dict[str, Any]:
     }
 
 
+def run_fraction(cfg: DictConfig, run: str) -> float:
+    """Share of the pretraining train split a run uses: its own ``fraction``, else the global."""
+    own = cfg.pretrain.runs[run].get("fraction")
+    return float(cfg.pretrain.fraction if own is None else own)
+
+
 def trainer_cfg(cfg: DictConfig, stage: str, run: str) -> DictConfig:
     """``trainer`` < ``<stage>.trainer`` < ``<stage>.runs.<run>.trainer`` (later wins)."""
     node = cfg[stage]
@@ -217,7 +223,7 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
         excluded,
         float(cfg.pretrain.val_fraction),
         float(cfg.pretrain.test_fraction),
-        float(cfg.pretrain.fraction),
+        run_fraction(cfg, run),
         int(cfg.pretrain.split_seed),
     )
     no_label = table[targets].isna().all(axis=1).to_numpy()
@@ -320,7 +326,7 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
             "model": str(spec_run.model),
             "dataset": spec.name,
             "targets": targets,
-            "fraction": float(cfg.pretrain.fraction),
+            "fraction": run_fraction(cfg, run),
             "counts": counts,
             "test": test_metrics,
             "baseline_mean": baseline,

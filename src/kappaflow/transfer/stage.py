@@ -40,7 +40,11 @@ log = logging.getLogger(__name__)
 
 
 def kappa_table(cfg: DictConfig, dataset: str) -> tuple[pd.DataFrame, str]:
-    """Return the prepared rows of a κ dataset, its κ target renamed ``kappa`` (W/m/K).
+    """Return the prepared rows of a dataset, its target renamed ``kappa``.
+
+    The target is the dataset's κ target (unit W/m/K) when it has one; a set without κ (e.g.
+    ``matbench_dielectric``: refractive index, TL-CGCNN's non-κ transfer check) uses its first
+    target, which must be positive (it is learned as log10 like κ).
 
     Returns:
         ``(table, target_name)`` with columns ``id, formula, spacegroup, kappa``.
@@ -49,9 +53,13 @@ def kappa_table(cfg: DictConfig, dataset: str) -> tuple[pd.DataFrame, str]:
 
     spec = dataset_spec(cfg, dataset)
     kappa_targets = [t.name for t in spec.targets if t.unit == "W/m/K"]
-    if not kappa_targets:
-        raise ValueError(f"dataset {dataset!r} has no κ target (unit W/m/K): {spec.target_names}")
-    name = kappa_targets[0]
+    positive = [t.name for t in spec.targets if t.transform == "log10"]
+    if not kappa_targets and not positive:
+        raise ValueError(
+            f"dataset {dataset!r} has no κ target (unit W/m/K) nor a positive (log10) target: "
+            f"{spec.target_names}"
+        )
+    name = (kappa_targets or positive)[0]
     table = load_prepared(interim_dir(cfg, dataset))
     table = table.loc[table[name].notna()].reset_index(drop=True)
     table = table[["id", "formula", "spacegroup", name]].rename(columns={name: "kappa"})
@@ -63,6 +71,31 @@ def _strategy_node(cfg: DictConfig, strategy: str) -> DictConfig:
         known = sorted(cfg.transfer.strategies)
         raise KeyError(f"unknown transfer strategy {strategy!r}; configured: {known}")
     return cfg.transfer.strategies[strategy]
+
+
+def with_strategy(cfg: DictConfig, strategy: str, **changes: Any) -> DictConfig:
+    """Return a copy of ``cfg`` whose ``transfer.strategies`` has ``strategy`` (with ``changes``).
+
+    A strategy missing from the composed ``transfer`` group (e.g. after ``transfer=freeze``) is
+    composed from ``conf/transfer/<strategy>.yaml``, so studies that need a given recipe
+    (extrapolation, pretraining size) run whatever strategies the main table uses.
+
+    Raises:
+        KeyError: no such strategy file in ``conf/transfer``.
+    """
+    from kappaflow.config import compose
+
+    out = copy.deepcopy(cfg)
+    if strategy not in out.transfer.strategies:
+        try:
+            node = compose([f"transfer={strategy}"]).transfer.strategies[strategy]
+        except Exception as err:  # hydra raises its own MissingConfigException
+            raise KeyError(f"unknown transfer strategy {strategy!r} (conf/transfer)") from err
+        OmegaConf.set_struct(out, False)
+        out.transfer.strategies[strategy] = node
+    for key, value in changes.items():
+        out.transfer.strategies[strategy][key] = value
+    return out
 
 
 def _train(
@@ -132,7 +165,7 @@ def build_fit_predict(
         export_dir: where to copy each fold's exported model as ``repeat<r>-fold<f>.pt`` (folds
             numbered in call order, ``n_splits`` per repeat); None: no copies.
     """
-    from kappaflow.evaluation.protocol import protocol_settings
+    from kappaflow.evaluation.protocol import dataset_evaluation, protocol_settings
     from kappaflow.graphs.stage import graph_cache_path
     from kappaflow.training.export import save_model
     from kappaflow.training.inputs import input_kind, load_model_inputs
@@ -149,26 +182,29 @@ def build_fit_predict(
 
     s_cfg = _strategy_node(cfg, strategy)
     model_cfg = cfg.models[s_cfg.model]
+    ev = dataset_evaluation(cfg.evaluation, dataset)
     seed = int(cfg.seed)
     root = project_root()
     work.mkdir(parents=True, exist_ok=True)
     plan = stage_plan(s_cfg, target_dataset=dataset) if s_cfg.name == "two_stage" else []
     cache = graph_cache_path(cfg, dataset) if input_kind(model_cfg) == "graph" else None
     inputs = load_model_inputs(model_cfg, table, ["kappa"], cache)
-    base_trainer = fold_trainer_cfg(cfg, {})
+    base_trainer = fold_trainer_cfg(cfg, {}, ev)
     pretrained = (
         pretrained_model_path(root / cfg.paths.models_dir, s_cfg.pretrained)
         if s_cfg.get("pretrained")
         else None
     )
     batch = int(base_trainer.get("eval_batch_size") or base_trainer.batch_size)
-    n_splits = int(protocol_settings(cfg.evaluation)["n_splits"])
+    n_splits = int(protocol_settings(ev)["n_splits"])
     sklearn_head = uses_sklearn_regressor(s_cfg)
     if export_dir is not None and export_dir.exists():
         shutil.rmtree(export_dir)
     fold_no = iter(range(10**9))
     start_model = (
-        _run_earlier_stages(cfg, s_cfg, model_cfg, plan, table, pretrained, work) if plan else None
+        _run_earlier_stages(cfg, s_cfg, model_cfg, plan, table, pretrained, work, ev)
+        if plan
+        else None
     )
 
     def export(exported: Path, name: str) -> None:
@@ -199,7 +235,7 @@ def build_fit_predict(
             reg.fit(emb[train_idx], table["kappa"].to_numpy()[train_idx])
             pred = reg.predict(emb[test_idx])
         else:
-            tcfg = fold_trainer_cfg(cfg, over)
+            tcfg = fold_trainer_cfg(cfg, over, ev)
             module = _train(model, inputs, train_idx, val_idx, tcfg, work / f"fold-{key}")
             pred = _predict(module, inputs, test_idx, batch)
             meta = {"strategy": strategy, "dataset": dataset, "fold": name[:-3], "seed": seed}
@@ -213,7 +249,11 @@ def build_fit_predict(
 
 def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, Any]:
     """Cross-validate transfer ``strategy`` on κ dataset ``dataset``; write its CV results."""
-    from kappaflow.evaluation.protocol import cross_validate, protocol_settings
+    from kappaflow.evaluation.protocol import (
+        cross_validate,
+        dataset_evaluation,
+        protocol_settings,
+    )
     from kappaflow.tracking import start_stage_run
     from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset
     from kappaflow.transfer.strategies import stage_plan
@@ -222,9 +262,7 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
     root = project_root()
     out = root / cfg.paths.models_dir / "finetune" / strategy / dataset
     out.mkdir(parents=True, exist_ok=True)
-    work = (
-        root / ".cache" / "kappaflow" / "finetune" / f"{strategy}-{dataset}-{_digest(cfg, s_cfg)}"
-    )
+    work = fold_cache_dir(cfg, strategy, dataset)
 
     # two_stage: the earlier stages run once, on their sets minus every material of `dataset`.
     plan = stage_plan(s_cfg, target_dataset=dataset) if s_cfg.name == "two_stage" else []
@@ -258,7 +296,10 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
             )
         fit_predict = build_fit_predict(cfg, strategy, dataset, table, work, out / "folds")
         result = cross_validate(
-            table, fit_predict, **protocol_settings(cfg.evaluation), progress=True
+            table,
+            fit_predict,
+            **protocol_settings(dataset_evaluation(cfg.evaluation, dataset)),
+            progress=True,
         )
         summary = {"strategy": strategy, "dataset": dataset, **result.to_dict()}
         if active is not None:
@@ -278,13 +319,17 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
     return summary
 
 
-def fold_trainer_cfg(cfg: DictConfig, overrides: dict[str, Any]) -> DictConfig:
+def fold_trainer_cfg(
+    cfg: DictConfig, overrides: dict[str, Any], evaluation: DictConfig | None = None
+) -> DictConfig:
     """Return the trainer of one fit: ``trainer`` < strategy overrides < ``evaluation.trainer``.
 
     ``evaluation.trainer`` (empty by default) is applied last to every fine-tuning fit, e.g. to
-    cap epochs in a smoke run.
+    cap epochs in a smoke run. ``evaluation``: the node of one dataset
+    (:func:`kappaflow.evaluation.protocol.dataset_evaluation`); default ``cfg.evaluation``.
     """
-    merged = OmegaConf.merge(cfg.trainer, overrides, cfg.evaluation.get("trainer") or {})
+    ev = cfg.evaluation if evaluation is None else evaluation
+    merged = OmegaConf.merge(cfg.trainer, overrides, ev.get("trainer") or {})
     assert isinstance(merged, DictConfig)
     return merged
 
@@ -297,6 +342,7 @@ def _run_earlier_stages(
     target: pd.DataFrame,
     pretrained: Path | None,
     work: Path,
+    evaluation: DictConfig,
 ) -> Any:
     """Train the stages before the last one (e.g. AGL κ) on sets without ``target``'s materials."""
     from kappaflow.data.leakage import exclude_overlapping
@@ -321,11 +367,23 @@ def _run_earlier_stages(
         )
         cache = graph_cache_path(cfg, stage.dataset) if input_kind(model_cfg) == "graph" else None
         inputs = load_model_inputs(model_cfg, kept, ["kappa"], cache)
-        tr, va = _inner_split(kept, float(cfg.evaluation.val_fraction), int(cfg.seed))
-        tcfg = fold_trainer_cfg(cfg, over)
+        tr, va = _inner_split(kept, float(evaluation.val_fraction), int(cfg.seed))
+        tcfg = fold_trainer_cfg(cfg, over, evaluation)
         module = _train(model, inputs, tr, va, tcfg, work / f"stage{k}-{stage.dataset}")
         model = module.model
     return model
+
+
+def fold_cache_dir(cfg: DictConfig, strategy: str, dataset: str) -> Path:
+    """``.cache/kappaflow/finetune/<strategy>-<dataset>-<digest>``: finished folds of one recipe.
+
+    The digest covers the strategy node, model card, trainer, evaluation settings and seed, so
+    any study that runs the same recipe on the same folds (pretraining size at 100 %, say)
+    reuses the folds the ``finetune`` stage trained.
+    """
+    s_cfg = _strategy_node(cfg, strategy)
+    name = f"{strategy}-{dataset}-{_digest(cfg, s_cfg, dataset)}"
+    return project_root() / ".cache" / "kappaflow" / "finetune" / name
 
 
 def _fold_key(train_idx: np.ndarray, test_idx: np.ndarray) -> str:
@@ -335,16 +393,15 @@ def _fold_key(train_idx: np.ndarray, test_idx: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _digest(cfg: DictConfig, s_cfg: DictConfig) -> str:
+def _digest(cfg: DictConfig, s_cfg: DictConfig, dataset: str) -> str:
+    from kappaflow.evaluation.protocol import dataset_evaluation, protocol_settings
+
+    ev = dataset_evaluation(cfg.evaluation, dataset)
     sig = {
         "strategy": OmegaConf.to_container(s_cfg, resolve=True),
         "model": OmegaConf.to_container(cfg.models[s_cfg.model], resolve=True),
-        "trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
-        "evaluation": {
-            k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
-            for k, v in cfg.evaluation.items()
-            if k != "published"
-        },
+        "trainer": OmegaConf.to_container(fold_trainer_cfg(cfg, {}, ev), resolve=True),
+        "protocol": protocol_settings(ev),
         "seed": cfg.seed,
     }
     return config_digest(sig)

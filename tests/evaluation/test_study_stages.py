@@ -1,0 +1,85 @@
+"""extrapolate and pretrain_size stages end to end (tiny settings, real κ data)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+
+def test_size_points_validate() -> None:
+    from kappaflow.evaluation.pretrain_size import size_points
+
+    cfg = OmegaConf.create(
+        {
+            "pretrain": {"runs": {"a": {}, "b": {}}},
+            "evaluation": {"pretrain_size": {"runs": {"1.0": "a", "0.0": None, "0.3": "b"}}},
+        }
+    )
+    assert size_points(cfg) == [(0.0, None), (0.3, "b"), (1.0, "a")]
+    for runs, match in (
+        ({"1.5": "a"}, "outside"),
+        ({"0.0": "a"}, "null iff"),
+        ({"0.5": None}, "null iff"),
+        ({"0.5": "zzz"}, "not a pretrain run"),
+    ):
+        cfg.evaluation.pretrain_size.runs = runs
+        with pytest.raises(ValueError, match=match):
+            size_points(cfg)
+
+
+def test_with_strategy_composes_a_missing_recipe() -> None:
+    from kappaflow.config import compose
+    from kappaflow.transfer.stage import with_strategy
+
+    cfg = compose(["transfer=freeze"])
+    assert list(cfg.transfer.strategies) == ["freeze"]
+    out = with_strategy(cfg, "finetune", pretrained="other")
+    assert out.transfer.strategies.finetune.pretrained == "other"
+    assert out.transfer.strategies.finetune.encoder_lr_mult == 0.1  # from conf/transfer
+    assert list(cfg.transfer.strategies) == ["freeze"]  # the input is not modified
+    with pytest.raises(KeyError, match="unknown transfer strategy"):
+        with_strategy(cfg, "no_such_recipe")
+
+
+@pytest.mark.data
+@pytest.mark.integration
+@pytest.mark.slow
+def test_extrapolate_and_pretrain_size_stages(project) -> None:
+    from kappaflow.data.stages import ingest_stage, prepare_stage
+    from kappaflow.evaluation.extrapolation_stage import extrapolate_stage
+    from kappaflow.evaluation.pretrain_size import pretrain_size_stage
+    from kappaflow.graphs.stage import featurize_stage
+    from kappaflow.training.pretrain import pretrain_stage
+
+    root, cfg = project
+    for name in ("perov5_val", "paraisite_d1"):
+        ingest_stage(cfg, name)
+        prepare_stage(cfg, name)
+        featurize_stage(cfg, name)
+    pretrain_stage(cfg, "tiny")
+    cfg.transfer.strategies.finetune.pretrained = "tiny"
+    cfg.evaluation.n_splits, cfg.evaluation.n_repeats = 2, 1
+    cfg.evaluation.trainer = OmegaConf.create({"max_epochs": 1, "limit_train_batches": 2})
+    cfg.evaluation.extrapolation.datasets = ["paraisite_d1"]
+    cfg.evaluation.extrapolation.methods = ["finetune", "magpie_rf"]
+    cfg.evaluation.pretrain_size.datasets = ["paraisite_d1"]
+    cfg.evaluation.pretrain_size.runs = {"0.0": None, "1.0": "tiny"}
+
+    ext = extrapolate_stage(cfg)
+    assert set(ext) == {"finetune/paraisite_d1", "magpie_rf/paraisite_d1"}
+    for m in ext.values():
+        assert m["n_heldout"] >= 15 and m["n_train"] >= 60  # 95 rows, 80 % quantile, grouped
+        assert 0.0 <= m["recall@5"] <= 1.0
+    assert "recall@10" in (root / "reports/extrapolation.md").read_text()
+    assert (root / "plots/extrapolation/rank_paraisite_d1.png").stat().st_size > 1000
+
+    size = pretrain_size_stage(cfg)
+    assert set(size) == {"paraisite_d1/0", "paraisite_d1/1"}
+    assert size["paraisite_d1/0"]["recipe"] == "scratch"
+    assert size["paraisite_d1/1"]["pretrain_run"] == "tiny"
+    assert all(r["log10_mae_mean"] > 0 for r in size.values())
+    saved = json.loads((root / "metrics/pretrain_size.json").read_text())
+    assert saved == json.loads(json.dumps(size))
+    assert (root / "plots/pretrain_size/pretrain_size.png").stat().st_size > 1000

@@ -103,8 +103,38 @@ def setup_experiment(cfg: Mapping[str, Any] | None = None) -> str:
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
+        warn_client_side_artifacts(tracking_uri(cfg), name, exp.artifact_location)
     mlflow.set_experiment(experiment_id=exp_id)
     return str(exp_id)
+
+
+def warn_client_side_artifacts(uri: str, experiment: str, location: str | None) -> bool:
+    """Warn when a tracking server's experiment keeps artifacts on one client's disk.
+
+    An experiment first created with a client-side store (``sqlite:///…``, ``postgresql://…``)
+    has a local artifact location (``file:///…/mlruns`` or a relative ``./mlruns``): runs
+    logged through a server then write their artifacts to whichever machine logs them, not to
+    the server's ``--artifacts-destination``. Experiments created through the server get
+    ``mlflow-artifacts:/<id>``.
+
+    Returns:
+        True if it warned.
+    """
+    if not uri.startswith(("http://", "https://")) or not location:
+        return False
+    scheme = location.split(":", 1)[0].lower() if ":" in location else ""
+    if scheme not in ("", "file"):  # mlflow-artifacts:, s3:, gs:, ... are shared stores
+        return False
+    log.warning(
+        "experiment %r on %s stores artifacts at %s, a path on the machine that created it: "
+        "artifacts of runs logged through the server land on each client's disk. Use a new "
+        "experiment created through the server (tracking.experiment=...) for server-side "
+        "artifacts (mlflow-artifacts:/...).",
+        experiment,
+        uri,
+        location,
+    )
+    return True
 
 
 def flatten_params(cfg: Mapping[str, Any] | DictConfig) -> dict[str, str]:

@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "log_every_n_steps": 50,
     "resume": True,
     "csv_logger": True,
+    "cpu_threads": 1,
 }
 
 
@@ -121,6 +122,11 @@ def build_trainer(
     out.mkdir(parents=True, exist_ok=True)
     if cfg["accelerator"] in ("gpu", "cuda"):
         torch.set_float32_matmul_precision("high")
+    elif cfg.get("cpu_threads"):
+        # Crystal graphs are small: one intra-op thread avoids OpenMP oversubscription, which
+        # made a CGCNN step on a ParAIsite batch ~40x slower with 2 threads on a loaded 2-core
+        # machine (0.59 s vs 0.014 s per step; see benchmarks/train.py --threads N).
+        torch.set_num_threads(int(cfg["cpu_threads"]))
 
     cbs: list[Callback] = [EpochSeed(cfg["seed"]), EpochCounter()]
     es = cfg["early_stopping"]

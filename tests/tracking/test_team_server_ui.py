@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,6 +265,10 @@ def test_dvc_parity_plot_renders_offline(pipeline: dict[str, Any], tmp_path: Pat
         [dvc, "config", "plots.html_template", str(template)],
         [dvc, "plots", "show", "-o", str(tmp_path / "dvc_plots")],
     ):
+        if cmd[1] == "plots":  # the repo's custom vega-lite templates (log-log scatter)
+            (proj / ".dvc" / "plots").mkdir(parents=True, exist_ok=True)
+            for custom in (repo / ".dvc" / "plots").glob("*.json"):
+                shutil.copy2(custom, proj / ".dvc" / "plots" / custom.name)
         res = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, check=False)
         assert res.returncode == 0, f"{cmd}: {res.stdout}\n{res.stderr}"
     html = (tmp_path / "dvc_plots" / "index.html").read_text()

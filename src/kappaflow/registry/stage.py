@@ -1,0 +1,368 @@
+"""The ``register`` stage: the best transferred κ ensemble into the MLflow registry, gated.
+
+1. Candidate: among the transfer strategies of the config (``registry.exclude_strategies``,
+   default ``scratch``, are not transfer learning; strategies without exported fold models, such
+   as ``features`` with a scikit-learn head, are skipped), the one with the lowest
+   ``<registry.metric>_mean`` (CV log10 MAE) in ``models/finetune/<strategy>/<dataset>/cv.json``
+   for ``registry.dataset``; its ``folds/`` must hold one model per fold of cv.json (else the
+   finetune run is incomplete or still running and the strategy is skipped). Its ensemble is
+   the fold models of the CV repeats ``registry.ensemble_repeats`` (default repeat 0: one model
+   per fold), so its held-out error is exactly that CV error on the same dataset and splits.
+2. The members, graph settings and training domain (elements, member-0 embeddings of every
+   material of ``registry.dataset``, OOD threshold) are logged as one pyfunc model
+   (:mod:`kappaflow.registry.pyfunc`) and registered as a new version of
+   ``registry.model_name``, unless a version with the same ``ensemble_sha256`` exists (then that
+   version is the candidate again).
+3. Promotion by :func:`kappaflow.registry.promotion.decide`; aliases ``champion`` /
+   ``challenger`` moved; decision and both metrics as version tags.
+4. Writes ``models/champion.json`` (name, version, URIs, metric of the champion: the DVC
+   dependency of ``screen``) and ``reports/registry/decision.json`` (this run's decision).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from kappaflow.io_utils import config_digest, write_json
+from kappaflow.paths import project_root
+
+log = logging.getLogger(__name__)
+
+#: cv.json ``config`` keys that define the protocol (plus the dataset): compared via a digest.
+PROTOCOL_KEYS = (
+    "n_splits", "n_repeats", "seed", "val_fraction", "group_level", "max_folds", "n_rows"
+)  # fmt: skip
+
+
+@dataclass
+class Candidate:
+    """The ensemble proposed for registration.
+
+    Attributes:
+        strategy: transfer strategy (key of ``transfer.strategies``).
+        dataset: κ dataset of the CV.
+        metric: CV mean of the registry metric (log10 MAE, decades).
+        metric_std: its std over folds.
+        members: fold model files of the ensemble.
+        protocol: the protocol settings read from cv.json.
+        finetune_run_id: MLflow run of the finetune stage that wrote cv.json ("" if unknown).
+        considered: metric of every eligible strategy; why others were skipped.
+    """
+
+    strategy: str
+    dataset: str
+    metric: float
+    metric_std: float
+    members: list[Path]
+    protocol: dict[str, Any]
+    finetune_run_id: str = ""
+    considered: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def protocol_digest(self) -> str:
+        """Digest of dataset + protocol settings: metrics are comparable iff digests match."""
+        return config_digest({"dataset": self.dataset, **self.protocol})
+
+
+def _members(folds: Path, repeats: list[int]) -> list[Path]:
+    files = []
+    for r in repeats:
+        files += sorted(
+            folds.glob(f"repeat{r}-fold*.pt"), key=lambda p: int(p.stem.split("fold")[1])
+        )
+    return files
+
+
+def select_candidate(cfg: DictConfig) -> Candidate:
+    """Pick the best transferred strategy on ``registry.dataset`` (see the module docstring).
+
+    Raises:
+        ValueError: ``registry.dataset`` is not one of ``evaluation.datasets``.
+        FileNotFoundError: no strategy has a cv.json and fold models for the dataset.
+    """
+    reg = cfg.registry
+    dataset = str(reg.dataset)
+    if dataset not in cfg.evaluation.datasets:
+        raise ValueError(
+            f"registry.dataset {dataset!r} is not an evaluation dataset "
+            f"({list(cfg.evaluation.datasets)}): its CV metric would be stale or missing"
+        )
+    metric_key = f"{reg.metric}_mean"
+    repeats = [int(r) for r in reg.ensemble_repeats]
+    excluded = {str(s) for s in reg.exclude_strategies}
+    base = project_root() / cfg.paths.models_dir / "finetune"
+    considered: dict[str, Any] = {}
+    best: Candidate | None = None
+    for key, s_cfg in cfg.transfer.strategies.items():
+        key = str(key)
+        if key in excluded or str(s_cfg.get("name", key)) in excluded:
+            considered[key] = "excluded (not transfer learning)"
+            continue
+        out = base / key / dataset
+        cv_path = out / "cv.json"
+        if not cv_path.is_file():
+            considered[key] = f"no {cv_path.relative_to(project_root())}"
+            continue
+        cv = json.loads(cv_path.read_text())
+        value = (cv.get("summary") or {}).get(metric_key)
+        members = _members(out / "folds", repeats)
+        if cv.get("skipped") or value is None:
+            considered[key] = f"no {metric_key} in cv.json ({cv.get('skipped', 'no summary')})"
+            continue
+        if not members:
+            considered[key] = f"no fold models for repeats {repeats} in {out / 'folds'}"
+            continue
+        n_exported, n_folds = len(list((out / "folds").glob("repeat*-fold*.pt"))), len(cv["folds"])
+        if n_exported != n_folds:  # a finetune run in progress, or a crashed one
+            considered[key] = f"{n_exported} fold models but {n_folds} folds in cv.json"
+            continue
+        considered[key] = float(value)
+        if best is None or float(value) < best.metric:
+            best = Candidate(
+                strategy=key,
+                dataset=dataset,
+                metric=float(value),
+                metric_std=float(cv["summary"].get(f"{reg.metric}_std", float("nan"))),
+                members=members,
+                protocol={k: cv["config"].get(k) for k in PROTOCOL_KEYS},
+                finetune_run_id=str(cv.get("mlflow_run_id") or ""),
+            )
+    if best is None:
+        raise FileNotFoundError(
+            f"no transferred strategy with CV results and fold models on {dataset!r}: "
+            f"{considered} (run `dvc repro finetune`)"
+        )
+    best.considered = considered
+    return best
+
+
+def ensemble_sha256(members: list[Path], settings: dict[str, Any]) -> str:
+    """Content hash of an ensemble: member file hashes (in order) + settings."""
+    from kappaflow.tracking.runs import file_sha256
+
+    h = hashlib.sha256()
+    for p in members:
+        h.update(file_sha256(p).encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def training_domain(cfg: DictConfig, ensemble: Any, dataset: str, quantile: float) -> Any:
+    """Fit the OOD domain on every material of ``dataset`` (member-0 embeddings, elements)."""
+    from kappaflow.data.prepare import crystals_from_frame, load_prepared
+    from kappaflow.data.stages import interim_dir
+    from kappaflow.screening.domain import fit_domain
+
+    table = load_prepared(interim_dir(cfg, dataset))
+    crystals = crystals_from_frame(table)
+    embeddings = []
+    for lo in range(0, len(crystals), 256):
+        chunk = crystals[lo : lo + 256]
+        ids = table["id"].iloc[lo : lo + 256].astype(str).tolist()
+        forms = table["formula"].iloc[lo : lo + 256].astype(str).tolist()
+        data = [ensemble.featurize(c, i, f) for c, i, f in zip(chunk, ids, forms, strict=True)]
+        embeddings.append(ensemble.predict(data).embedding)
+    return fit_domain(np.concatenate(embeddings), [c.numbers for c in crystals], quantile)
+
+
+def _finetune_run_id(cfg: DictConfig, strategy: str, dataset: str) -> str:
+    """Id of the newest MLflow run of ``finetune/<strategy>/<dataset>`` ("" if none)."""
+    import mlflow
+
+    try:
+        runs = mlflow.search_runs(
+            experiment_names=[str(cfg.tracking.experiment)],
+            filter_string=f"tags.mlflow.runName = 'finetune/{strategy}/{dataset}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+            output_format="list",
+        )
+    except mlflow.exceptions.MlflowException:
+        return ""
+    return runs[0].info.run_id if runs else ""
+
+
+def _champion_record(name: str, version: Any, metric: str) -> dict[str, Any]:
+    tags = dict(version.tags)
+    return {
+        "name": name,
+        "version": int(version.version),
+        "uri": f"models:/{name}/{version.version}",
+        "alias_uri": f"models:/{name}@champion",
+        "source": version.source,
+        "run_id": version.run_id,
+        "metric": metric,
+        "value": float(tags[metric]) if metric in tags else None,
+        "dataset": tags.get("dataset"),
+        "strategy": tags.get("strategy"),
+        "protocol_digest": tags.get("protocol_digest"),
+        "ensemble_sha256": tags.get("ensemble_sha256"),
+    }
+
+
+def register_stage(cfg: DictConfig) -> dict[str, Any]:
+    """Register the best transferred ensemble and promote it if it beats the champion.
+
+    Returns:
+        The decision record (also written to ``reports/registry/decision.json``).
+
+    Raises:
+        RuntimeError: MLflow tracking is disabled (the registry lives in the tracking store).
+    """
+    from mlflow import MlflowClient
+
+    from kappaflow.registry import promotion as P
+    from kappaflow.registry.ensemble import GraphSettings, KappaEnsemble
+    from kappaflow.registry.pyfunc import log_ensemble_model, write_ensemble_dir
+    from kappaflow.tracking import start_stage_run
+    from kappaflow.tracking.git import git_info
+    from kappaflow.tracking.runs import log_artifact, tracking_cfg
+
+    if not tracking_cfg(cfg)["enabled"]:
+        raise RuntimeError("the register stage needs MLflow tracking (tracking.enabled: true)")
+    reg = cfg.registry
+    name, metric = str(reg.model_name), str(reg.metric)
+    root = project_root()
+    cand = select_candidate(cfg)
+    log.info(
+        "register: candidate %s on %s, %s = %.4f ± %.4f, %d members (considered: %s)",
+        cand.strategy, cand.dataset, metric, cand.metric, cand.metric_std, len(cand.members),
+        cand.considered,
+    )  # fmt: skip
+    mn = cfg.graphs.get("max_neighbors")
+    graph = GraphSettings(float(cfg.graphs.cutoff), None if mn is None else int(mn))
+    quantile = float(reg.domain_quantile)
+    sha = ensemble_sha256(cand.members, {"graph": graph.to_dict(), "quantile": quantile})
+    tags = {
+        "strategy": cand.strategy,
+        "dataset": cand.dataset,
+        "metric": metric,
+        metric: f"{cand.metric:.6g}",
+        f"{metric}_std": f"{cand.metric_std:.6g}",
+        "protocol_digest": cand.protocol_digest,
+        "protocol": json.dumps(cand.protocol, sort_keys=True),
+        "ensemble_sha256": sha,
+        "n_members": str(len(cand.members)),
+        "ensemble_repeats": ",".join(str(r) for r in reg.ensemble_repeats),
+        "git_commit": git_info(root).commit or "unknown",
+        "sigma": "std over members of log10 kappa (decades)",
+    }
+    with start_stage_run(
+        cfg,
+        "register",
+        run_name=f"register/{cand.strategy}/{cand.dataset}",
+        dvc_stage="register",
+        tags={"strategy": cand.strategy, "dataset": cand.dataset},
+    ) as run:
+        assert run is not None
+        client = MlflowClient()
+        tags["finetune_run_id"] = cand.finetune_run_id or _finetune_run_id(
+            cfg, cand.strategy, cand.dataset
+        )
+        champion = P.version_by_alias(client, name, P.CHAMPION)
+        challenger = P.version_by_alias(client, name, P.CHALLENGER)
+        existing = P.find_version_by_tag(client, name, "ensemble_sha256", sha)
+        if existing is not None:
+            version = existing
+            log.info("register: identical ensemble already registered as v%s", version.version)
+        else:
+            ensemble = KappaEnsemble.from_files(cand.members, graph, device="cpu")
+            domain = training_domain(cfg, ensemble, cand.dataset, quantile)
+            tags["ood_threshold"] = f"{domain.threshold:.6g}"
+            tags["train_elements"] = str(len(domain.elements))
+            with tempfile.TemporaryDirectory(prefix="kappaflow-ensemble-") as tmp:
+                ens_dir = write_ensemble_dir(
+                    Path(tmp) / "ensemble", cand.members, graph, domain, tags
+                )
+                info = log_ensemble_model(
+                    ens_dir,
+                    metadata={"kappaflow": tags},
+                    composition=ensemble.input_kind == "composition",
+                )
+            version = P.register_version(
+                client,
+                name,
+                info.model_uri,
+                run.info.run_id,
+                tags,
+                description=f"{cand.strategy} on {cand.dataset}: CV {metric} "
+                f"{cand.metric:.4f} ± {cand.metric_std:.4f} ({len(cand.members)} fold models)",
+            )
+        if P.same_version(champion, version):
+            decision = P.Decision(
+                False,
+                f"kept champion: candidate is the champion v{version.version} (same ensemble)",
+                cand.metric,
+                P.metric_of(champion, metric),
+            )
+            aliases = {
+                P.CHAMPION: int(champion.version),
+                P.CHALLENGER: int(challenger.version) if challenger else None,
+            }
+        else:
+            reason = None
+            if champion is not None:
+                reason = P.incomparable_reason(dict(version.tags) | tags, dict(champion.tags))
+            decision = P.decide(
+                cand.metric,
+                P.metric_of(champion, metric),
+                lower_is_better=True,
+                incomparable=reason,
+                min_delta=float(reg.min_delta),
+                metric_name=metric,
+            )
+            aliases = P.apply_decision(
+                client, name, version, champion, challenger, decision, True, metric
+            )
+        log.info("register: v%s %s; aliases %s", version.version, decision.reason, aliases)
+        champ = client.get_model_version_by_alias(name, P.CHAMPION)
+        record = _champion_record(name, champ, metric)
+        result = {
+            "model_name": name,
+            "candidate_version": int(version.version),
+            "candidate_strategy": cand.strategy,
+            "dataset": cand.dataset,
+            "promoted": decision.promote,
+            "decision": decision.reason,
+            f"candidate_{metric}": decision.candidate_metric,
+            f"champion_{metric}_before": decision.champion_metric,
+            "aliases": aliases,
+            "considered": cand.considered,
+            "champion": record,
+        }
+        write_json(root / str(reg.champion_file), record)
+        decision_file = root / cfg.paths.reports_dir / "registry" / "decision.json"
+        write_json(decision_file, result)
+        import mlflow
+
+        mlflow.set_tags(
+            {
+                "registry.model": name,
+                "registry.version": str(version.version),
+                "registry.decision": decision.reason,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                f"candidate_{metric}": decision.candidate_metric,
+                "promoted": float(decision.promote),
+                "champion_version": float(record["version"]),
+                **(
+                    {f"champion_{metric}_before": decision.champion_metric}
+                    if decision.champion_metric is not None
+                    else {}
+                ),
+            }
+        )
+        log_artifact(decision_file, "registry")
+        log_artifact(root / str(reg.champion_file), "registry")
+    return result

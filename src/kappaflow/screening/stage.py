@@ -1,0 +1,321 @@
+"""The ``screen`` stage: score the pool with ``models:/<registry.model_name>@champion``.
+
+Streams the pool (:mod:`kappaflow.screening.pool`) through the champion ensemble in batches of
+``screen.batch_size`` with a progress bar and writes, under ``screen.out_dir``
+(``reports/screen``):
+
+* ``ranked.csv``: every successfully scored structure, sorted by κ descending: ``rank, id,
+  dataset, formula, spacegroup, kappa`` (W/m/K), ``log10_kappa``, ``sigma_log10`` (std over
+  members of log10 κ, decades), ``kappa_lo``/``kappa_hi`` (W/m/K, the ±1σ band),
+  ``in_domain``, ``ood_reason``, ``nn_distance``, ``in_training_set`` (same formula + space
+  group as a material the model was trained on), ``n_duplicates``, ``source``;
+* ``top_high.csv`` / ``top_low.csv``: the ``screen.top_n`` highest-κ (diamond-like heat
+  spreaders, Ju et al.) and lowest-κ (thermoelectric candidates, ParAIsite) structures, from
+  in-domain ones only when ``screen.top_in_domain_only``;
+* ``quarantine.csv``: structures that could not be scored (``id, dataset, source, reason,
+  detail``);
+* ``kappa_vs_sigma.png``: κ vs σ, in-domain vs out-of-domain;
+* ``summary.json``: counts, throughput (crystals/s, parse + featurize + ensemble inference),
+  wall time, model version.
+
+Checked: ``len(ranked) + len(quarantine) == pool.n_total`` (every structure of the
+deduplicated pool is accounted for). Everything is logged to an MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from kappaflow.io_utils import write_json
+from kappaflow.paths import project_root
+
+log = logging.getLogger(__name__)
+
+RANKED_COLUMNS = (
+    "rank",
+    "id",
+    "dataset",
+    "formula",
+    "spacegroup",
+    "kappa",
+    "log10_kappa",
+    "sigma_log10",
+    "kappa_lo",
+    "kappa_hi",
+    "in_domain",
+    "ood_reason",
+    "nn_distance",
+    "in_training_set",
+    "n_duplicates",
+    "source",
+)
+
+
+def resolve_model(cfg: DictConfig, model_uri: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Return the model URI to load and what is known about it.
+
+    Default ``models:/<registry.model_name>@champion``; the alias must point at the version
+    recorded in ``registry.champion_file`` (written by the ``register`` stage), so that the DVC
+    dependency and the loaded model agree.
+
+    Raises:
+        RuntimeError: the alias points elsewhere than champion.json says.
+    """
+    import json
+
+    from mlflow import MlflowClient
+
+    if model_uri:
+        return model_uri, {"uri": model_uri}
+    name = str(cfg.registry.model_name)
+    uri = f"models:/{name}@champion"
+    version = MlflowClient().get_model_version_by_alias(name, "champion")
+    info: dict[str, Any] = {"uri": uri, "name": name, "version": int(version.version)}
+    info |= {k: version.tags.get(k) for k in ("dataset", "strategy", "log10_mae")}
+    record = project_root() / str(cfg.registry.champion_file)
+    if record.is_file():
+        recorded = json.loads(record.read_text())
+        if recorded.get("name") == name and int(recorded["version"]) != info["version"]:
+            raise RuntimeError(
+                f"{uri} is version {info['version']} but {record} says {recorded['version']}: "
+                "the registry changed after the register stage; run `dvc repro register`"
+            )
+    return uri, info
+
+
+def load_champion(uri: str, device: str) -> Any:
+    """Load the pyfunc at ``uri`` and return its :class:`KappaEnsembleModel` (moved to device)."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    model.ensemble.to(device)
+    return model
+
+
+def training_keys(cfg: DictConfig, dataset: str | None) -> set[str]:
+    """``formula@spacegroup`` keys of the model's training materials (empty if unknown)."""
+    from kappaflow.data.prepare import load_prepared
+    from kappaflow.data.stages import interim_dir
+
+    if not dataset or dataset not in cfg.datasets:
+        return set()
+    path = interim_dir(cfg, dataset)
+    if not (path / "valid.parquet").is_file():
+        return set()
+    t = load_prepared(path)[["formula", "spacegroup"]]
+    return set(t["formula"].astype(str) + "@" + t["spacegroup"].astype(str))
+
+
+def kappa_sigma_plot(ranked: pd.DataFrame, path: Path) -> Any:
+    """Scatter of κ (W/m/K, log axis) vs σ (log10 κ), in-domain vs out-of-domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    for flag, color, label in ((False, "0.6", "out of domain"), (True, "C0", "in domain")):
+        sub = ranked[ranked["in_domain"] == flag]
+        ax.scatter(
+            sub["kappa"], sub["sigma_log10"], s=3, alpha=0.4, c=color, lw=0,
+            label=f"{label} ({len(sub)})", rasterized=True,
+        )  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("predicted κ_L (W/m/K)")
+    ax.set_ylabel("σ: std of log10 κ over ensemble members")
+    ax.set_title(f"screening: {len(ranked)} structures")
+    ax.legend(loc="upper right", markerscale=4)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return fig
+
+
+def _top(ranked: pd.DataFrame, n: int, in_domain_only: bool, high: bool) -> pd.DataFrame:
+    pool = ranked[ranked["in_domain"]] if in_domain_only else ranked
+    return (pool.head(n) if high else pool.iloc[::-1].head(n)).reset_index(drop=True)
+
+
+def screen_stage(
+    cfg: DictConfig,
+    *extra_dirs: str,
+    model_uri: str | None = None,
+    only_dirs: bool = False,
+) -> dict[str, Any]:
+    """Score the pool with the champion; write the ranked list, top lists, plot and summary.
+
+    Args:
+        cfg: full config.
+        *extra_dirs: structure directories added to ``screen.extra_dirs``.
+        model_uri: score with this model instead of the champion.
+        only_dirs: score the user directories only (no prepared datasets).
+
+    Returns:
+        The summary (also ``summary.json``).
+
+    Raises:
+        RuntimeError: the count check fails (a structure was lost or counted twice).
+    """
+    from tqdm.auto import tqdm
+
+    from kappaflow.screening.pool import iter_items, load_pool
+    from kappaflow.screening.predictor import Item, predict_stream
+    from kappaflow.tracking import start_stage_run
+    from kappaflow.tracking.runs import log_artifact, log_dataset, setup_experiment
+
+    t_start = time.perf_counter()
+    sc = cfg.screen
+    out = project_root() / str(sc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_experiment(cfg)
+    uri, model_info = resolve_model(cfg, model_uri)
+    model = load_champion(uri, str(sc.device))
+    ensemble, domain = model.ensemble, model.domain
+    train_dataset = model.spec.get("meta", {}).get("dataset")
+    pool = load_pool(cfg, extra_dirs, include_datasets=not only_dirs)
+    batch = int(sc.batch_size)
+
+    with start_stage_run(
+        cfg, "screen", run_name="screen", dvc_stage="screen", tags={"model_uri": uri}
+    ) as run:
+        if run is not None:
+            log_dataset(pool.index.drop(columns=["row"]), name="screen_pool", context="screen")
+        frames = []
+        streamed_sg: list[int] = []
+
+        def tap(items: Iterator[Item]) -> Iterator[Item]:
+            for it in items:  # space groups of user files are only known after parsing
+                streamed_sg.append(it.spacegroup)
+                yield it
+
+        val = cfg.get("validation") or {}
+        items = iter_items(
+            pool,
+            ensemble.graph.cutoff,
+            float(val.get("symprec", 0.1)),
+            str(val.get("symmetry_backend", "spglib")),
+        )
+        t0 = time.perf_counter()
+        with tqdm(total=pool.n_total, desc="screen", unit="crystal") as bar:
+            for frame in predict_stream(ensemble, domain, tap(items), batch):
+                frames.append(frame)
+                bar.update(len(frame))
+        scoring_s = time.perf_counter() - t0
+        scored = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id"])
+        index = pool.index.reset_index(drop=True)
+        if (
+            len(scored) != len(index)
+            or not (scored["id"].to_numpy() == index["id"].to_numpy()).all()
+        ):
+            raise RuntimeError("screen: predictions are not aligned with the pool index")
+        scored = scored.assign(
+            dataset=index["dataset"],
+            spacegroup=np.where(
+                np.asarray(streamed_sg) != -1, streamed_sg, index["spacegroup"].to_numpy()
+            ),
+            n_duplicates=index["n_duplicates"],
+            source=index["source"],
+            formula=np.where(scored["formula"] != "", scored["formula"], index["formula"]),
+        )
+        ok = scored["error"] == ""
+        keys = training_keys(cfg, train_dataset)
+        ranked = scored.loc[ok].copy()
+        ranked["in_training_set"] = (
+            ranked["formula"] + "@" + ranked["spacegroup"].astype(str)
+        ).isin(keys)
+        ranked = ranked.sort_values("kappa", ascending=False, kind="stable").reset_index(drop=True)
+        ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
+        ranked = ranked[list(RANKED_COLUMNS)]
+        bad = scored.loc[~ok]
+        reason = bad["error"].str.split(":", n=1).str[0]
+        detail = bad["error"].str.split(":", n=1).str[1].fillna("").str.strip()
+        quarantine = pd.DataFrame(
+            {
+                "id": bad["id"],
+                "dataset": bad["dataset"],
+                "source": bad["source"],
+                "reason": reason,
+                "detail": detail,
+            }
+        )
+        if len(ranked) + len(quarantine) != pool.n_total:
+            raise RuntimeError(
+                f"screen: {len(ranked)} ranked + {len(quarantine)} quarantined != "
+                f"{pool.n_total} structures in the pool"
+            )
+        top_n, dom_only = int(sc.top_n), bool(sc.top_in_domain_only)
+        top_high = _top(ranked, top_n, dom_only, high=True)
+        top_low = _top(ranked, top_n, dom_only, high=False)
+        ranked.to_csv(out / "ranked.csv", index=False)
+        top_high.to_csv(out / "top_high.csv", index=False)
+        top_low.to_csv(out / "top_low.csv", index=False)
+        quarantine.to_csv(out / "quarantine.csv", index=False)
+        fig = kappa_sigma_plot(ranked, out / "kappa_vs_sigma.png")
+        wall = time.perf_counter() - t_start
+        summary = {
+            "model_uri": uri,
+            "model": model_info,
+            "device": str(ensemble.device),
+            "n_members": ensemble.n_members,
+            "n_input": pool.n_input,
+            "n_duplicates": pool.n_duplicates,
+            "n_not_sampled": pool.n_not_sampled,
+            "n_pool": pool.n_total,
+            "n_scored": len(ranked),
+            "n_quarantined": len(quarantine),
+            "n_in_domain": int(ranked["in_domain"].sum()),
+            "n_ood": int((~ranked["in_domain"]).sum()),
+            "n_in_training_set": int(ranked["in_training_set"].sum()),
+            "per_dataset": pool.per_dataset,
+            "quarantine_reasons": quarantine["reason"].value_counts().to_dict(),
+            "throughput_per_s": pool.n_total / scoring_s if scoring_s > 0 else math.nan,
+            "scoring_s": scoring_s,
+            "wall_s": wall,
+            "batch_size": batch,
+            "top_n": top_n,
+        }
+        write_json(out / "summary.json", summary)
+        if run is not None:
+            import mlflow
+
+            from kappaflow.tracking.runs import log_figure
+
+            mlflow.log_metrics(
+                {
+                    k: float(summary[k])
+                    for k in (
+                        "n_input",
+                        "n_duplicates",
+                        "n_pool",
+                        "n_scored",
+                        "n_quarantined",
+                        "n_in_domain",
+                        "n_ood",
+                        "throughput_per_s",
+                        "scoring_s",
+                        "wall_s",
+                    )  # fmt: skip
+                }
+            )
+            log_figure(fig, "screen/kappa_vs_sigma.png")
+            for name in ("ranked.csv", "top_high.csv", "top_low.csv", "quarantine.csv"):
+                log_artifact(out / name, "screen")
+            log_artifact(out / "summary.json", "screen")
+        else:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    log.info(
+        "screen: %d scored (%d out of domain), %d quarantined, %.1f crystals/s, %.1f s",
+        len(ranked), summary["n_ood"], len(quarantine), summary["throughput_per_s"], wall,
+    )  # fmt: skip
+    return summary

@@ -1,0 +1,216 @@
+"""Tiny κ ensembles, crystals and a scratch project for the registry and screening tests.
+
+Imported by tests/registry/* and tests/screening/*: their conftest puts this folder on sys.path
+and re-exports the fixtures defined here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
+
+from kappaflow.data.crystal import CrystalArrays
+
+CUTOFF = 5.0
+MAX_NEIGHBORS = 8
+TINY_CGCNN: dict[str, Any] = {
+    "name": "cgcnn",
+    "atom_fea_len": 8,
+    "n_conv": 1,
+    "h_fea_len": 8,
+    "n_h": 1,
+    "cutoff": CUTOFF,
+    "max_neighbors": MAX_NEIGHBORS,
+    "head_dropout": 0.0,
+}
+_FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
+
+
+def rocksalt(a_el: str, b_el: str, a: float) -> Structure:
+    """Conventional rocksalt cell (8 atoms), lattice constant ``a`` in Å."""
+    shifted = [[x + 0.5 if i == 0 else x for i, x in enumerate(p)] for p in _FCC]
+    shifted = [[c % 1.0 for c in p] for p in shifted]
+    return Structure(Lattice.cubic(a), [a_el] * 4 + [b_el] * 4, _FCC + shifted)
+
+
+def zincblende(a_el: str, b_el: str, a: float) -> Structure:
+    """Conventional zincblende/diamond cell (8 atoms), lattice constant ``a`` in Å."""
+    quarter = [[c + 0.25 for c in p] for p in _FCC]
+    return Structure(Lattice.cubic(a), [a_el] * 4 + [b_el] * 4, _FCC + quarter)
+
+
+def nacl() -> Structure:
+    """Rocksalt NaCl (a = 5.64 Å)."""
+    return rocksalt("Na", "Cl", 5.64)
+
+
+def silicon() -> Structure:
+    """Diamond Si (a = 5.43 Å)."""
+    return zincblende("Si", "Si", 5.43)
+
+
+def training_structures() -> list[tuple[str, Structure, float]]:
+    """(id, structure, κ W/m/K) of a small binary training set (no Si, no Xe)."""
+    return [
+        ("t-nacl", nacl(), 7.1),
+        ("t-kcl", rocksalt("K", "Cl", 6.29), 7.0),
+        ("t-mgo", rocksalt("Mg", "O", 4.21), 50.0),
+        ("t-gaas", zincblende("Ga", "As", 5.65), 45.0),
+        ("t-alas", zincblende("Al", "As", 5.66), 90.0),
+        ("t-nabr", rocksalt("Na", "Br", 5.97), 2.8),
+    ]
+
+
+def cif(structure: Structure) -> str:
+    """pymatgen ``CifWriter`` text of a structure."""
+    return str(CifWriter(structure))
+
+
+def write_members(
+    out_dir: Path, n: int = 3, seed: int = 0, mean: float = 1.0, prefix: str = "repeat0-fold"
+) -> list[Path]:
+    """Write ``n`` tiny random CGCNN members (log10 κ transform) as one-file exports."""
+    import torch
+
+    from kappaflow.models import build_model
+    from kappaflow.training.export import save_model
+    from kappaflow.training.target_transform import TargetTransform
+
+    paths = []
+    for k in range(n):
+        torch.manual_seed(seed * 100 + k)
+        model = build_model(TINY_CGCNN, 1)
+        tf = TargetTransform(["log10"], ["kappa"], [mean], [0.5])
+        paths.append(save_model(out_dir / f"{prefix}{k}.pt", model, tf, TINY_CGCNN, {"k": k}))
+    return paths
+
+
+def prepared_table(rows: list[tuple[str, Structure, float]], target: str = "kappa") -> pd.DataFrame:
+    """A ``valid.parquet``-like table (id, formula, spacegroup, n_sites, arrays, target)."""
+    from kappaflow.data.validation import spacegroup_number, structure_formula
+
+    out = []
+    for rid, s, k in rows:
+        c = CrystalArrays.from_structure(s)
+        out.append(
+            {
+                "id": rid,
+                "formula": structure_formula(c),
+                "spacegroup": spacegroup_number(c),
+                "n_sites": c.n_sites,
+                **c.to_row(),
+                target: k,
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def write_prepared(root: Path, name: str, table: pd.DataFrame) -> Path:
+    """Write ``data/interim/<name>/valid.parquet`` under ``root``."""
+    d = root / "data" / "interim" / name
+    d.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(d / "valid.parquet", index=False)
+    return d / "valid.parquet"
+
+
+def write_candidate(
+    root: Path,
+    strategy: str,
+    dataset: str,
+    metric: float,
+    seed: int = 0,
+    n_members: int = 2,
+    n_rows: int = 6,
+) -> list[Path]:
+    """models/finetune/<strategy>/<dataset>/{cv.json, folds/*.pt} as the finetune stage does."""
+    out = root / "models" / "finetune" / strategy / dataset
+    (out / "folds").mkdir(parents=True, exist_ok=True)
+    cv = {
+        "strategy": strategy,
+        "dataset": dataset,
+        "config": {
+            "n_splits": n_members,
+            "n_repeats": 1,
+            "seed": 42,
+            "val_fraction": 0.1,
+            "group_level": "formula",
+            "n_rows": n_rows,
+        },
+        "summary": {"log10_mae_mean": metric, "log10_mae_std": 0.01},
+        "folds": [{"repeat": 0, "fold": k, "log10_mae": metric} for k in range(n_members)],
+    }
+    (out / "cv.json").write_text(json.dumps(cv))
+    return write_members(out / "folds", n_members, seed=seed)
+
+
+def tiny_cfg(root: Path, dataset: str = "paraisite_d1") -> Any:
+    """The repo config (composed from conf/) pointed at ``root``, tiny graphs, one κ dataset."""
+    from omegaconf import OmegaConf
+
+    from kappaflow.config import compose
+
+    cfg = compose()
+    OmegaConf.resolve(cfg)
+    cfg.graphs.cutoff = CUTOFF
+    cfg.graphs.max_neighbors = MAX_NEIGHBORS
+    cfg.registry.dataset = dataset
+    cfg.screen.datasets = [dataset]
+    cfg.screen.batch_size = 4
+    cfg.screen.top_n = 3
+    cfg.screen.device = "cpu"
+    cfg.tracking.artifact_location = str(root / "mlruns")
+    return cfg
+
+
+def make_project(root: Path, dataset: str = "paraisite_d1") -> Any:
+    """A scratch project under ``root``: dvc.yaml, a prepared κ set; returns its config.
+
+    The caller must ``chdir`` into ``root`` (project_root() follows the cwd).
+    """
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    write_prepared(root, dataset, prepared_table(training_structures()))
+    return tiny_cfg(root, dataset)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with the schema migrations applied (once: ~2-7 s)."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def enter_project(root: Path, template: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Any]:
+    """Make ``root`` a scratch project with its own MLflow store and chdir into it."""
+    import shutil
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, root / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    cfg = make_project(root)
+    monkeypatch.chdir(root)
+    return root, cfg
+
+
+@pytest.fixture()
+def tiny_project(
+    tmp_path: Path, _mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Any]:
+    """A scratch project (the cwd) with one tiny prepared κ set, its config, own MLflow store."""
+    return enter_project(tmp_path / "proj", _mlflow_template, monkeypatch)

@@ -1,0 +1,74 @@
+"""screen stage end to end on a tiny project: register a champion, then score the pool."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import registry_testkit as kit
+
+pytestmark = pytest.mark.integration
+
+DS = "paraisite_d1"
+
+
+def test_screen_accounts_for_every_structure(tiny_project, tmp_path):
+    from kappaflow.registry.stage import register_stage
+    from kappaflow.screening.stage import screen_stage
+
+    root, cfg = tiny_project
+    kit.write_candidate(root, "finetune", DS, 0.3, n_members=3)
+    register_stage(cfg)
+    rows = kit.training_structures()
+    extra = [("s-nacl", rows[0][1], 1.0), ("s-si", kit.silicon(), 1.0)]
+    kit.write_prepared(root, "scan_pool", kit.prepared_table(extra))
+    cfg.screen.datasets = [DS, "scan_pool"]
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "xe.cif").write_text(kit.cif(kit.rocksalt("Na", "Xe", 6.0)))
+    (user / "bad.cif").write_text("this is not a CIF")
+    (user / "nacl.cif").write_text(kit.cif(kit.nacl()))  # a training material, from a file
+
+    summary = screen_stage(cfg, str(user))
+
+    out = root / "reports/screen"
+    ranked = pd.read_csv(out / "ranked.csv", keep_default_na=False, na_values=[""])
+    quarantine = pd.read_csv(out / "quarantine.csv")
+    assert summary["n_pool"] == 6 + 1 + 3 and summary["n_duplicates"] == 1
+    assert len(ranked) + len(quarantine) == summary["n_pool"] == summary["n_scored"] + 1
+    assert quarantine["id"].tolist() == ["user/bad.cif"]
+    assert quarantine["reason"].iloc[0] == "malformed_cif"
+    assert (np.diff(ranked["kappa"]) <= 0).all() and ranked["rank"].tolist()[0] == 1
+    assert (ranked["sigma_log10"] >= 0).all()
+    by_id = ranked.set_index("id")
+    assert bool(by_id.loc["t-nacl", "in_training_set"]) and bool(by_id.loc["t-nacl", "in_domain"])
+    assert not by_id.loc["s-si", "in_domain"] and "Si" in by_id.loc["s-si", "ood_reason"]
+    assert not by_id.loc["user/xe.cif", "in_domain"]
+    assert by_id.loc["user/xe.cif", "spacegroup"] == 225  # user files: space group computed
+    assert bool(by_id.loc["user/nacl.cif", "in_training_set"])
+    assert summary["n_ood"] == int((~ranked["in_domain"]).sum()) >= 2
+    top_high = pd.read_csv(out / "top_high.csv")
+    top_low = pd.read_csv(out / "top_low.csv")
+    assert len(top_high) == len(top_low) == cfg.screen.top_n
+    assert top_high["in_domain"].all() and top_high["kappa"].is_monotonic_decreasing
+    assert top_low["kappa"].is_monotonic_increasing
+    assert (out / "kappa_vs_sigma.png").stat().st_size > 1000
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["throughput_per_s"] > 0 and saved["model"]["version"] == 1
+    assert saved["model_uri"] == "models:/kappaflow-kappa@champion"
+
+
+def test_champion_json_must_match_the_alias(tiny_project):
+    from kappaflow.registry.stage import register_stage
+    from kappaflow.screening.stage import screen_stage
+
+    root, cfg = tiny_project
+    kit.write_candidate(root, "finetune", DS, 0.3)
+    register_stage(cfg)
+    record = root / "models/champion.json"
+    stale = json.loads(record.read_text()) | {"version": 7}
+    record.write_text(json.dumps(stale))
+    with pytest.raises(RuntimeError, match="dvc repro register"):
+        screen_stage(cfg)

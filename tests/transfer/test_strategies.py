@@ -307,3 +307,17 @@ def test_features_descriptor_mlp_keeps_input_scaler(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = pre.eval().encoder(torch.as_tensor(X, dtype=torch.float32)).double().numpy()
     np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_regressor_clips_wild_extrapolation():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    kappa = 10 ** (1.0 + 0.5 * X[:, 0])  # log10 κ linear in the first embedding dimension
+    far = np.array([[100.0, 0.0, 0.0], [-100.0, 0.0, 0.0]])  # 100 sigma out of distribution
+    lo, hi = np.log10(kappa).min(), np.log10(kappa).max()
+    clipped = EmbeddingRegressor("ridge", clip_margin=1.0).fit(X, kappa).predict(far)
+    np.testing.assert_allclose(np.log10(clipped), [hi + 1.0, lo - 1.0], rtol=1e-9)
+    free = EmbeddingRegressor("ridge", clip_margin=None).fit(X, kappa).predict(far)
+    assert np.log10(free[0]) > hi + 10  # what the guard prevents
+    inside = EmbeddingRegressor("ridge", clip_margin=1.0).fit(X, kappa)
+    np.testing.assert_allclose(inside.predict(X), 10 ** (1.0 + 0.5 * X[:, 0]), rtol=1e-3)

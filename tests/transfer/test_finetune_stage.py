@@ -94,3 +94,30 @@ def test_two_stage_skips_its_own_first_stage_set(project):
     out = finetune_stage(cfg, "two_stage", "aflow_agl")
     assert "earlier stage" in out["skipped"]
     assert json.loads((root / "models/finetune/two_stage/aflow_agl/cv.json").read_text())["skipped"]
+
+
+def test_non_kappa_target_trains_through_the_same_code(project):
+    """finetune_other: refractive index n (log10-learned), graph cache keyed by its own name."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from kappaflow.data.stages import ingest_stage, prepare_stage
+    from kappaflow.evaluation.protocol import cross_validate
+    from kappaflow.graphs.stage import featurize_stage
+    from kappaflow.transfer.stage import build_fit_predict, kappa_table, target_name
+
+    root, cfg = project
+    ingest_stage(cfg, "matbench_dielectric")
+    prepare_stage(cfg, "matbench_dielectric")
+    featurize_stage(cfg, "matbench_dielectric")
+    assert target_name(cfg, "matbench_dielectric") == "refractive_index"
+    table, name = kappa_table(cfg, "matbench_dielectric")
+    assert name == "refractive_index" and (table.kappa == table.refractive_index).all()
+    assert (table.kappa >= 1.0).all()  # n >= 1
+    table = table.iloc[:80].reset_index(drop=True)
+    cfg.evaluation.trainer = OmegaConf.create({"max_epochs": 1, "limit_train_batches": 2})
+    fp = build_fit_predict(cfg, "scratch", "matbench_dielectric", table, root / "work")
+    res = cross_validate(table, fp, n_splits=2, n_repeats=1, seed=0, progress=False)
+    assert res.summary["n_folds"] == 2 and np.isfinite(res.summary["log10_mae_mean"])
+    with pytest.raises(ValueError, match="no κ target"):
+        target_name(cfg, "mp_eform_bandgap")  # e_form can be negative: not a log10 target

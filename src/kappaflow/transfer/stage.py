@@ -39,18 +39,15 @@ from kappaflow.training.inputs import RowsView
 log = logging.getLogger(__name__)
 
 
-def kappa_table(cfg: DictConfig, dataset: str) -> tuple[pd.DataFrame, str]:
-    """Return the prepared rows of a dataset, its target renamed ``kappa``.
+def target_name(cfg: DictConfig, dataset: str) -> str:
+    """Return the learned target: the κ target (unit W/m/K), else the first log10 target.
 
-    The target is the dataset's κ target (unit W/m/K) when it has one; a set without κ (e.g.
-    ``matbench_dielectric``: refractive index, TL-CGCNN's non-κ transfer check) uses its first
-    target, which must be positive (it is learned as log10 like κ).
+    A set without κ (e.g. ``matbench_dielectric``: refractive index, TL-CGCNN's non-κ transfer
+    check) must have a positive target, learned as log10 like κ.
 
-    Returns:
-        ``(table, target_name)`` with columns ``id, formula, spacegroup, kappa``.
+    Raises:
+        ValueError: neither a κ nor a positive (log10) target.
     """
-    from kappaflow.data.prepare import load_prepared
-
     spec = dataset_spec(cfg, dataset)
     kappa_targets = [t.name for t in spec.targets if t.unit == "W/m/K"]
     positive = [t.name for t in spec.targets if t.transform == "log10"]
@@ -59,11 +56,24 @@ def kappa_table(cfg: DictConfig, dataset: str) -> tuple[pd.DataFrame, str]:
             f"dataset {dataset!r} has no κ target (unit W/m/K) nor a positive (log10) target: "
             f"{spec.target_names}"
         )
-    name = (kappa_targets or positive)[0]
+    return (kappa_targets or positive)[0]
+
+
+def kappa_table(cfg: DictConfig, dataset: str) -> tuple[pd.DataFrame, str]:
+    """Return the prepared rows of a dataset with its target (:func:`target_name`) as ``kappa``.
+
+    Returns:
+        ``(table, target_name)`` with columns ``id, formula, spacegroup, kappa`` (plus the
+        target under its own name when that is not ``kappa``: graph caches store it so).
+    """
+    from kappaflow.data.prepare import load_prepared
+
+    name = target_name(cfg, dataset)
     table = load_prepared(interim_dir(cfg, dataset))
     table = table.loc[table[name].notna()].reset_index(drop=True)
-    table = table[["id", "formula", "spacegroup", name]].rename(columns={name: "kappa"})
-    return table, name
+    table = table[["id", "formula", "spacegroup", name]].copy()
+    table["kappa"] = table[name]
+    return table[list(dict.fromkeys(["id", "formula", "spacegroup", "kappa", name]))], name
 
 
 def _strategy_node(cfg: DictConfig, strategy: str) -> DictConfig:
@@ -188,7 +198,7 @@ def build_fit_predict(
     work.mkdir(parents=True, exist_ok=True)
     plan = stage_plan(s_cfg, target_dataset=dataset) if s_cfg.name == "two_stage" else []
     cache = graph_cache_path(cfg, dataset) if input_kind(model_cfg) == "graph" else None
-    inputs = load_model_inputs(model_cfg, table, ["kappa"], cache)
+    inputs = load_model_inputs(model_cfg, table, [target_name(cfg, dataset)], cache)
     base_trainer = fold_trainer_cfg(cfg, {}, ev)
     pretrained = (
         pretrained_model_path(root / cfg.paths.models_dir, s_cfg.pretrained)
@@ -366,7 +376,7 @@ def _run_earlier_stages(
             len(removed),
         )
         cache = graph_cache_path(cfg, stage.dataset) if input_kind(model_cfg) == "graph" else None
-        inputs = load_model_inputs(model_cfg, kept, ["kappa"], cache)
+        inputs = load_model_inputs(model_cfg, kept, [target_name(cfg, stage.dataset)], cache)
         tr, va = _inner_split(kept, float(evaluation.val_fraction), int(cfg.seed))
         tcfg = fold_trainer_cfg(cfg, over, evaluation)
         module = _train(model, inputs, tr, va, tcfg, work / f"stage{k}-{stage.dataset}")

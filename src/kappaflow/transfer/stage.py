@@ -268,6 +268,8 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
     from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset
     from kappaflow.transfer.strategies import stage_plan
 
+    if strategy not in cfg.transfer.strategies:  # e.g. finetune_other after `transfer=freeze`
+        cfg = with_strategy(cfg, strategy)
     s_cfg = _strategy_node(cfg, strategy)
     root = project_root()
     out = root / cfg.paths.models_dir / "finetune" / strategy / dataset

@@ -58,3 +58,26 @@ def test_one_transfer_strategy_alone():
 def test_smoke_experiment_composes():
     cfg = compose(["+experiment=smoke"])
     assert cfg.pretrain.fraction < 0.1 and cfg.evaluation.trainer.max_epochs <= 2
+
+
+@pytest.mark.parametrize(
+    "overrides", [[], ["transfer=freeze"], ["+experiment=smoke", "transfer=freeze"]]
+)
+def test_config_dump_equals_dvc_hydra_composition(tmp_path, overrides):
+    """`dvc exp run -S <overrides>` writes exactly what `kappaflow config dump <overrides>` does.
+
+    Otherwise an experiment would see every interpolated param as changed and re-run its stages.
+    """
+    import yaml
+    from dvc.utils.hydra import compose_and_dump
+
+    from kappaflow.config import compose, to_params_yaml
+    from kappaflow.paths import project_root
+
+    root = project_root()
+    out = tmp_path / "params.yaml"
+    compose_and_dump(str(out), str(root / "conf"), None, "config", str(root), list(overrides))
+    ours = yaml.safe_load(to_params_yaml(compose(list(overrides))))
+    assert ours == yaml.safe_load(out.read_text())
+    if "transfer=freeze" in overrides:
+        assert list(ours["transfer"]["strategies"]) == ["freeze"]  # one strategy alone

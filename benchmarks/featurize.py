@@ -48,13 +48,13 @@ import torch
 from omegaconf import OmegaConf
 from torch_geometric.loader import DataLoader
 
-from kappaflow.data.crystal import CrystalArrays
-from kappaflow.data.registry import DatasetSpec, spec_from_cfg
+from kappaflow.cards import DatasetSpec, spec_from_cfg
 from kappaflow.graphs.build import crystal_to_graph
 from kappaflow.graphs.cache import build_graph_cache, load_graph_cache
-from kappaflow.graphs.elements import element_feature_table
 from kappaflow.graphs.expansion import GaussianExpansion
-from kappaflow.paths import data_root, project_root
+from kappaflow.layout import data_root, project_root
+from kappaflow.structure.crystal import CrystalArrays
+from kappaflow.structure.elements import element_feature_table
 
 DATASET = "mp_eform_bandgap"
 CUTOFF = 8.0
@@ -233,7 +233,7 @@ def run_prepare(
 
 
 def _parse_rows(cifs: list[str]) -> list[dict[str, Any]]:
-    from kappaflow.data.cif import parse_cif
+    from kappaflow.structure.cif import parse_cif
 
     out = []
     for text in cifs:

@@ -9,7 +9,7 @@ order), batch by batch:
 * **inference**: all ensemble members on the batch (host->device copy included; CUDA is
   synchronized before the clock stops) + the out-of-domain distances;
 * **end to end**: wall time of the whole pass (the three phases + bookkeeping) =
-  ``kappaflow.screening.predictor`` as the ``screen`` stage and the pyfunc use it.
+  ``kappaflow.registry.predictor`` as the ``screen`` stage and the pyfunc use it.
 
 Rates are crystals per second of that phase's own time (every structure counts, also the few
 that fail the checks). The model: ``--model-uri`` (e.g. ``models:/kappaflow-kappa@champion``),
@@ -36,12 +36,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kappaflow.cards import spec_from_cfg
 from kappaflow.config import load_params
-from kappaflow.data.registry import spec_from_cfg
-from kappaflow.paths import data_root
+from kappaflow.layout import data_root
+from kappaflow.registry.domain import DomainInfo, fit_domain, ood_flags
 from kappaflow.registry.ensemble import GraphSettings, KappaEnsemble
-from kappaflow.screening.domain import DomainInfo, fit_domain, ood_flags
-from kappaflow.screening.predictor import item_from_cif
+from kappaflow.registry.predictor import item_from_cif
 
 
 def read_cifs(cfg: Any, limit: int | None) -> tuple[list[str], list[str], dict[str, int]]:

@@ -44,11 +44,11 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
-from kappaflow.data.crystal import CrystalArrays
 from kappaflow.graphs.cache import build_graph_cache, load_graph_cache
-from kappaflow.graphs.elements import element_feature_table
+from kappaflow.layout import data_root, project_root
 from kappaflow.models import build_model
-from kappaflow.paths import data_root, project_root
+from kappaflow.structure.crystal import CrystalArrays
+from kappaflow.structure.elements import element_feature_table
 from kappaflow.training.datamodule import EpochSeededSampler
 from kappaflow.training.module import masked_mse
 from kappaflow.training.target_transform import TargetTransform

@@ -4,8 +4,8 @@ Usage: `python pipelines/extrapolate.py [key=value ...]`.
 """
 
 from kappaflow.config import stage_main
-from kappaflow.evaluation.extrapolation_stage import extrapolate_stage
 from kappaflow.logging_utils import setup_logging
+from kappaflow.stages.extrapolate import extrapolate_stage
 
 if __name__ == "__main__":
     setup_logging()

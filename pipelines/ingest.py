@@ -4,8 +4,8 @@ Usage: `python pipelines/ingest.py NAME [key=value ...]`.
 """
 
 from kappaflow.config import stage_main
-from kappaflow.data.stages import ingest_stage
 from kappaflow.logging_utils import setup_logging
+from kappaflow.stages.ingest import ingest_stage
 
 if __name__ == "__main__":
     setup_logging()

@@ -4,8 +4,8 @@ Usage: `python pipelines/prepare.py NAME [key=value ...]`.
 """
 
 from kappaflow.config import stage_main
-from kappaflow.data.stages import prepare_stage
 from kappaflow.logging_utils import setup_logging
+from kappaflow.stages.prepare import prepare_stage
 
 if __name__ == "__main__":
     setup_logging()

@@ -4,8 +4,8 @@ Usage: `python pipelines/pretrain_size.py [key=value ...]`.
 """
 
 from kappaflow.config import stage_main
-from kappaflow.evaluation.pretrain_size import pretrain_size_stage
 from kappaflow.logging_utils import setup_logging
+from kappaflow.stages.pretrain_size import pretrain_size_stage
 
 if __name__ == "__main__":
     setup_logging()

@@ -5,7 +5,7 @@ Usage: `python pipelines/register.py [key=value ...]`.
 
 from kappaflow.config import stage_main
 from kappaflow.logging_utils import setup_logging
-from kappaflow.registry.stage import register_stage
+from kappaflow.stages.register import register_stage
 
 if __name__ == "__main__":
     setup_logging()

@@ -5,7 +5,7 @@ Usage: `python pipelines/screen.py [STRUCTURE_DIR ...] [key=value ...]`.
 
 from kappaflow.config import stage_main
 from kappaflow.logging_utils import setup_logging
-from kappaflow.screening.stage import screen_stage
+from kappaflow.stages.screen import screen_stage
 
 if __name__ == "__main__":
     setup_logging()

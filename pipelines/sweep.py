@@ -12,9 +12,9 @@ conf/experiment/best_<study>.yaml, which ``dvc exp run -S +experiment=best_<stud
 
 import sys
 
+from kappaflow.cli.sweep import run
+from kappaflow.layout import project_root
 from kappaflow.logging_utils import setup_logging
-from kappaflow.paths import project_root
-from kappaflow.sweep.cli import run
 
 if __name__ == "__main__":
     setup_logging()

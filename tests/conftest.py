@@ -14,7 +14,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 @pytest.fixture(scope="session")
 def real_data_root() -> Path:
     """The curated datasets (``KAPPAFLOW_DATA_DIR`` or ``../shared/data``); skip if absent."""
-    from kappaflow.paths import data_root
+    from kappaflow.layout import data_root
 
     root = data_root()
     if not (root / "MANIFEST.json").is_file():
@@ -48,7 +48,7 @@ TINY_PRETRAIN = [
 def project(tmp_path: Path, real_data_root: Path, monkeypatch: pytest.MonkeyPatch, mlflow_uri: str):
     """A scratch project dir (own data/, models/, mlflow.db) with the repo's params, tiny models."""
     from kappaflow.config import load_params
-    from kappaflow.paths import project_root
+    from kappaflow.layout import project_root
 
     params = project_root() / "params.yaml"
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from kappaflow.cards import registry_from_cfg
 from kappaflow.config import compose, flatten, load_params, to_params_yaml
-from kappaflow.data.registry import registry_from_cfg
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
 
 
 def test_params_yaml_is_the_composed_default():
@@ -72,7 +72,7 @@ def test_config_dump_equals_dvc_hydra_composition(tmp_path, overrides):
     from dvc.utils.hydra import compose_and_dump
 
     from kappaflow.config import compose, to_params_yaml
-    from kappaflow.paths import project_root
+    from kappaflow.layout import project_root
 
     root = project_root()
     out = tmp_path / "params.yaml"

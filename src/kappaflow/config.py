@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
 
 CONFIG_NAME = "config"
 

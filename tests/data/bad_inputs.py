@@ -16,7 +16,7 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from kappaflow.data.registry import DatasetSpec, TargetSpec
+from kappaflow.cards import DatasetSpec, TargetSpec
 from kappaflow.data.validation import Reason, ValidationOptions
 
 #: Toy structure dataset card: a required κ target (log10, positive, <= 1e4 W/m/K) and an

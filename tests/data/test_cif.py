@@ -9,8 +9,8 @@ from bad_inputs import cif_text, nacl, sic_zincblende, triclinic, zno_wurtzite
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.vasp import Poscar
 
-import kappaflow.data.cif as cif_mod
-from kappaflow.data.cif import (
+import kappaflow.structure.cif as cif_mod
+from kappaflow.structure.cif import (
     CifError,
     Reason,
     StructureFileError,
@@ -18,7 +18,7 @@ from kappaflow.data.cif import (
     parse_cif,
     parse_structure_file,
 )
-from kappaflow.data.crystal import CrystalArrays
+from kappaflow.structure.crystal import CrystalArrays
 
 
 def pymatgen_reference(text: str) -> Structure:

@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymatgen.core import Composition, Lattice, Structure
 
-from kappaflow.data.crystal import CrystalArrays
 from kappaflow.data.leakage import (
     LEAKAGE_COLUMNS,
     exclude_overlapping,
@@ -19,6 +18,7 @@ from kappaflow.data.leakage import (
     overlapping_keys,
 )
 from kappaflow.data.splits import assert_no_leakage, grouped_kfold, train_val_test_split
+from kappaflow.structure.crystal import CrystalArrays
 
 
 def frame(rows: list[tuple[str, str, int]]) -> pd.DataFrame:

@@ -14,16 +14,11 @@ import pytest
 from bad_inputs import CASES, COLUMNS, COMPOSITION_SPEC, OPTS, SPEC, good_cases, row
 from pymatgen.core import Structure
 
-from kappaflow.data.cif import parse_cif
-from kappaflow.data.prepare import (
-    PrepareReport,
-    crystals_from_frame,
-    load_prepared,
-    load_quarantine,
-    prepare_dataset,
-)
-from kappaflow.data.registry import DatasetSpec, TargetSpec
+from kappaflow.cards import DatasetSpec, TargetSpec
+from kappaflow.data.prepare import PrepareReport, crystals_from_frame, prepare_dataset
 from kappaflow.data.validation import Reason
+from kappaflow.layout import load_prepared, load_quarantine
+from kappaflow.structure.cif import parse_cif
 
 
 def write_table(path: Path, rows: list[dict[str, str]]) -> Path:

@@ -1,6 +1,6 @@
 import pytest
 
-from kappaflow.data.registry import DatasetSpec, TargetSpec, spec_from_cfg
+from kappaflow.cards import DatasetSpec, TargetSpec, spec_from_cfg
 
 
 def test_kappa_card_parses():

@@ -3,8 +3,7 @@ from pathlib import Path
 import pytest
 
 from kappaflow.config import load_params, stage_main
-from kappaflow.data.stages import dataset_spec, resolved_data_root
-from kappaflow.paths import project_root
+from kappaflow.layout import dataset_spec, project_root, resolved_data_root
 
 
 @pytest.fixture()

@@ -7,8 +7,7 @@ import pytest
 from bad_inputs import CASES, COMPOSITION_SPEC, OPTS, SPEC, good_cases, nacl, row
 from pymatgen.core import Lattice, Structure
 
-from kappaflow.data.crystal import CrystalArrays
-from kappaflow.data.registry import DatasetSpec, TargetSpec
+from kappaflow.cards import DatasetSpec, TargetSpec
 from kappaflow.data.validation import (
     Reason,
     Rejection,
@@ -19,6 +18,7 @@ from kappaflow.data.validation import (
     spacegroup_number,
     validate_row,
 )
+from kappaflow.structure.crystal import CrystalArrays
 
 
 def test_corpus_covers_every_row_level_reason() -> None:

@@ -12,7 +12,7 @@ from kappaflow.evaluation.report import (
     transfer_table,
     write_report,
 )
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
 
 
 def _results() -> pd.DataFrame:

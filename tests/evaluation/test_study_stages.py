@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 
 def test_size_points_validate() -> None:
-    from kappaflow.evaluation.pretrain_size import size_points
+    from kappaflow.stages.pretrain_size import size_points
 
     cfg = OmegaConf.create(
         {
@@ -31,7 +31,7 @@ def test_size_points_validate() -> None:
 
 def test_with_strategy_composes_a_missing_recipe() -> None:
     from kappaflow.config import compose
-    from kappaflow.transfer.stage import with_strategy
+    from kappaflow.transfer.fit_predict import with_strategy
 
     cfg = compose(["transfer=freeze"])
     assert list(cfg.transfer.strategies) == ["freeze"]
@@ -47,11 +47,12 @@ def test_with_strategy_composes_a_missing_recipe() -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_extrapolate_and_pretrain_size_stages(project) -> None:
-    from kappaflow.data.stages import ingest_stage, prepare_stage
-    from kappaflow.evaluation.extrapolation_stage import extrapolate_stage
-    from kappaflow.evaluation.pretrain_size import pretrain_size_stage
-    from kappaflow.graphs.stage import featurize_stage
-    from kappaflow.training.pretrain import pretrain_stage
+    from kappaflow.stages.extrapolate import extrapolate_stage
+    from kappaflow.stages.featurize import featurize_stage
+    from kappaflow.stages.ingest import ingest_stage
+    from kappaflow.stages.prepare import prepare_stage
+    from kappaflow.stages.pretrain import pretrain_stage
+    from kappaflow.stages.pretrain_size import pretrain_size_stage
 
     root, cfg = project
     for name in ("perov5_val", "paraisite_d1"):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kappaflow.graphs.elements import MAX_Z, SUPPORTED_Z, element_feature_table
+from kappaflow.structure.elements import MAX_Z, SUPPORTED_Z, element_feature_table
 
 N_BLOCKS = 10  # one-hot blocks in the "cgcnn" table
 

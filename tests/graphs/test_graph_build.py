@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
-from kappaflow.data.crystal import CrystalArrays
 from kappaflow.graphs.build import crystal_to_graph
-from kappaflow.graphs.neighbors import periodic_neighbors
+from kappaflow.structure.crystal import CrystalArrays
+from kappaflow.structure.neighbors import periodic_neighbors
 
 
 def test_fields_and_dtypes(structure: Structure) -> None:

@@ -11,9 +11,9 @@ import torch
 from pymatgen.core import Structure
 from torch_geometric.loader import DataLoader
 
-from kappaflow.data.crystal import CrystalArrays
 from kappaflow.graphs.build import crystal_to_graph
 from kappaflow.graphs.cache import build_graph_cache, load_graph_cache
+from kappaflow.structure.crystal import CrystalArrays
 
 TARGETS = ["kappa_wmk", "band_gap_ev"]
 

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from pymatgen.core import Structure
 
-from kappaflow.data.crystal import CrystalArrays
 from kappaflow.graphs.build import crystal_to_graph
-from kappaflow.graphs.elements import SUPPORTED_Z
-from kappaflow.paths import data_root
+from kappaflow.layout import data_root
+from kappaflow.structure.crystal import CrystalArrays
+from kappaflow.structure.elements import SUPPORTED_Z
 
 pytestmark = pytest.mark.data
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from kappaflow.graphs.neighbors import periodic_neighbors
+from kappaflow.structure.neighbors import periodic_neighbors
 
 CUTOFF = 6.5
 

@@ -8,9 +8,9 @@ from omegaconf import DictConfig, OmegaConf
 from pymatgen.core import Lattice, Structure
 from torch_geometric.data import Batch
 
-from kappaflow.data.crystal import CrystalArrays
 from kappaflow.graphs.build import crystal_to_graph
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
+from kappaflow.structure.crystal import CrystalArrays
 
 
 def _fcc(a: float) -> Lattice:

@@ -15,7 +15,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from kappaflow.data.crystal import CrystalArrays
+from kappaflow.structure.crystal import CrystalArrays
 
 CUTOFF = 5.0
 MAX_NEIGHBORS = 8

@@ -37,10 +37,10 @@ def model_uri(logged_model, monkeypatch):
 def _log_tiny_model(tmp_path, monkeypatch):
     import mlflow
 
+    from kappaflow.registry.domain import fit_domain
     from kappaflow.registry.ensemble import GraphSettings, KappaEnsemble
+    from kappaflow.registry.predictor import item_from_cif, predict_items
     from kappaflow.registry.pyfunc import log_ensemble_model, write_ensemble_dir
-    from kappaflow.screening.domain import fit_domain
-    from kappaflow.screening.predictor import item_from_cif, predict_items
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.chdir(tmp_path)

@@ -18,7 +18,7 @@ def _versions(client):
 
 
 def test_candidate_is_the_best_transferred_strategy_with_fold_models(tiny_project):
-    from kappaflow.registry.stage import select_candidate
+    from kappaflow.stages.register import select_candidate
 
     root, cfg = tiny_project
     kit.write_candidate(root, "finetune", DS, 0.30)
@@ -48,7 +48,7 @@ def test_candidate_is_the_best_transferred_strategy_with_fold_models(tiny_projec
 def test_worse_candidate_never_moves_the_champion(tiny_project):
     from mlflow import MlflowClient
 
-    from kappaflow.registry.stage import register_stage
+    from kappaflow.stages.register import register_stage
 
     root, cfg = tiny_project
     champion_file = root / "models/champion.json"
@@ -92,7 +92,7 @@ def test_worse_candidate_never_moves_the_champion(tiny_project):
 
 
 def test_champion_on_another_dataset_is_not_comparable(tiny_project):
-    from kappaflow.registry.stage import register_stage
+    from kappaflow.stages.register import register_stage
 
     root, cfg = tiny_project
     kit.write_candidate(root, "finetune", DS, 0.10, seed=1)

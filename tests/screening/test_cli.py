@@ -15,7 +15,7 @@ def champion_project(tmp_path_factory, _mlflow_template):
     """One project with a registered champion for the module (cwd and store kept meanwhile)."""
     from omegaconf import OmegaConf
 
-    from kappaflow.registry.stage import register_stage
+    from kappaflow.stages.register import register_stage
 
     tmp = tmp_path_factory.mktemp("cli")
     with pytest.MonkeyPatch.context() as monkeypatch:

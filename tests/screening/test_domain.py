@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kappaflow.screening.domain import DomainInfo, fit_domain, ood_flags
+from kappaflow.registry.domain import DomainInfo, fit_domain, ood_flags
 
 
 @pytest.fixture()

@@ -15,8 +15,8 @@ DS = "paraisite_d1"
 
 
 def test_screen_accounts_for_every_structure(tiny_project, tmp_path):
-    from kappaflow.registry.stage import register_stage
-    from kappaflow.screening.stage import screen_stage
+    from kappaflow.stages.register import register_stage
+    from kappaflow.stages.screen import screen_stage
 
     root, cfg = tiny_project
     kit.write_candidate(root, "finetune", DS, 0.3, n_members=3)
@@ -61,8 +61,8 @@ def test_screen_accounts_for_every_structure(tiny_project, tmp_path):
 
 
 def test_champion_json_must_match_the_alias(tiny_project):
-    from kappaflow.registry.stage import register_stage
-    from kappaflow.screening.stage import screen_stage
+    from kappaflow.stages.register import register_stage
+    from kappaflow.stages.screen import screen_stage
 
     root, cfg = tiny_project
     kit.write_candidate(root, "finetune", DS, 0.3)

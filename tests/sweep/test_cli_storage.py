@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kappaflow.paths import project_root
-from kappaflow.sweep.cli import parse_args
+from kappaflow.cli.sweep import parse_args
+from kappaflow.layout import project_root
 from kappaflow.sweep.storage import (
     StorageError,
     redact,

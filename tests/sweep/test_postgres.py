@@ -59,9 +59,10 @@ def _database(url: str, name: str) -> str:
 @pytest.fixture()
 def d1_project(project):
     """The tiny temp project with ParAIsite D1 prepared and featurized, and a copy of conf/."""
-    from kappaflow.data.stages import ingest_stage, prepare_stage
-    from kappaflow.graphs.stage import featurize_stage
-    from kappaflow.paths import project_root
+    from kappaflow.layout import project_root
+    from kappaflow.stages.featurize import featurize_stage
+    from kappaflow.stages.ingest import ingest_stage
+    from kappaflow.stages.prepare import prepare_stage
 
     root, cfg = project
     shutil.copytree(Path(__file__).resolve().parents[2] / "conf", root / "conf")

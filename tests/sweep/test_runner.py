@@ -66,7 +66,7 @@ def test_seeded_tpe_reproduces_its_first_suggestions(tmp_path: Path, mlflow_db: 
 def test_best_file_composes_to_the_best_params(tmp_path, monkeypatch, mlflow_db, capsys):
     from kappaflow.cli import main
     from kappaflow.config import compose
-    from kappaflow.paths import project_root
+    from kappaflow.layout import project_root
 
     shutil.copytree(project_root() / "conf", tmp_path / "conf")
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
@@ -97,7 +97,7 @@ def test_best_file_composes_to_the_best_params(tmp_path, monkeypatch, mlflow_db,
 
 def test_strategy_best_file_keeps_sweep_keys_as_comments(tmp_path, monkeypatch):
     from kappaflow.config import compose
-    from kappaflow.paths import project_root
+    from kappaflow.layout import project_root
     from kappaflow.sweep.best import write_best_experiment
 
     shutil.copytree(project_root() / "conf", tmp_path / "conf")

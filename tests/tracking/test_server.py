@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
 from kappaflow.tracking import auth
 from kappaflow.tracking.server import (
     ServerError,

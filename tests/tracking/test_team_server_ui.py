@@ -112,11 +112,12 @@ def pipeline(team: Team, real_data_root: Path, tmp_path_factory: pytest.TempPath
     from omegaconf import OmegaConf
 
     from kappaflow.config import load_params
-    from kappaflow.data.stages import ingest_stage, prepare_stage
-    from kappaflow.graphs.stage import featurize_stage
-    from kappaflow.paths import project_root
-    from kappaflow.registry.stage import register_stage
-    from kappaflow.transfer.stage import finetune_stage
+    from kappaflow.layout import project_root
+    from kappaflow.stages.featurize import featurize_stage
+    from kappaflow.stages.finetune import finetune_stage
+    from kappaflow.stages.ingest import ingest_stage
+    from kappaflow.stages.prepare import prepare_stage
+    from kappaflow.stages.register import register_stage
 
     params = project_root() / "params.yaml"
     proj = tmp_path_factory.mktemp("project")
@@ -237,7 +238,7 @@ def test_ui_shows_experiment_run_metrics_and_champion_model(
 def test_dvc_parity_plot_renders_offline(pipeline: dict[str, Any], tmp_path: Path) -> None:
     import yaml
 
-    from kappaflow.paths import project_root
+    from kappaflow.layout import project_root
 
     repo = project_root()
     dvc = str(Path(sys.executable).with_name("dvc"))

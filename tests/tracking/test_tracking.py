@@ -8,15 +8,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from kappaflow.tracking import (
-    MlflowEpochLogger,
     file_sha256,
     log_dataset,
-    log_fit_result,
     log_params,
     start_stage_run,
     tracking_uri,
 )
 from kappaflow.tracking.runs import artifact_location, flatten_params
+from kappaflow.training.mlflow_logger import MlflowEpochLogger, log_fit_result
 
 
 def _cfg(**tracking):

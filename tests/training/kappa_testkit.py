@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
 
-from kappaflow.data.crystal import CrystalArrays
 from kappaflow.graphs.build import crystal_to_graph
+from kappaflow.structure.crystal import CrystalArrays
 
 CUTOFF = 5.0
 MAX_NEIGHBORS = 8

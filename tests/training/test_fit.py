@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from kappaflow.layout import project_root
 from kappaflow.models import build_model
-from kappaflow.paths import project_root
 from kappaflow.training import (
     KappaLightningModule,
     TargetTransform,

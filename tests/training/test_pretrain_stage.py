@@ -14,10 +14,11 @@ pytestmark = [pytest.mark.data, pytest.mark.integration]
 def test_ingest_prepare_featurize_pretrain(project):
     import mlflow
 
-    from kappaflow.data.stages import ingest_stage, prepare_stage
-    from kappaflow.graphs.stage import featurize_stage
+    from kappaflow.stages.featurize import featurize_stage
+    from kappaflow.stages.ingest import ingest_stage
+    from kappaflow.stages.prepare import prepare_stage
+    from kappaflow.stages.pretrain import pretrain_stage
     from kappaflow.training.export import load_model
-    from kappaflow.training.pretrain import pretrain_stage
 
     root, cfg = project
     for name in ("perov5_val", "paraisite_d1"):

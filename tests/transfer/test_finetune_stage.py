@@ -13,11 +13,12 @@ pytestmark = [pytest.mark.data, pytest.mark.integration, pytest.mark.slow]
 def test_every_strategy_then_the_report(project):
     from omegaconf import OmegaConf
 
-    from kappaflow.data.stages import ingest_stage, prepare_stage
-    from kappaflow.evaluation.stage import evaluate_stage
-    from kappaflow.graphs.stage import featurize_stage
-    from kappaflow.training.pretrain import pretrain_stage
-    from kappaflow.transfer.stage import finetune_stage
+    from kappaflow.stages.evaluate import evaluate_stage
+    from kappaflow.stages.featurize import featurize_stage
+    from kappaflow.stages.finetune import finetune_stage
+    from kappaflow.stages.ingest import ingest_stage
+    from kappaflow.stages.prepare import prepare_stage
+    from kappaflow.stages.pretrain import pretrain_stage
 
     root, cfg = project
     for name in ("perov5_val", "paraisite_d1", "aflow_agl", "ju2021_sps"):
@@ -50,10 +51,9 @@ def test_every_strategy_then_the_report(project):
             assert folds == ["repeat0-fold0.pt", "repeat0-fold1.pt"], strategy
 
     # an exported fold model reproduces its out-of-fold predictions
-    from kappaflow.graphs.stage import graph_cache_path
+    from kappaflow.layout import graph_cache_path, kappa_table
     from kappaflow.training.export import load_model, predict
     from kappaflow.training.inputs import RowsView, load_model_inputs
-    from kappaflow.transfer.stage import kappa_table
 
     model, transform, info = load_model(
         root / "models/finetune/finetune/paraisite_d1/folds/repeat0-fold1.pt"
@@ -88,7 +88,7 @@ def test_every_strategy_then_the_report(project):
 
 
 def test_two_stage_skips_its_own_first_stage_set(project):
-    from kappaflow.transfer.stage import finetune_stage
+    from kappaflow.stages.finetune import finetune_stage
 
     root, cfg = project
     out = finetune_stage(cfg, "two_stage", "aflow_agl")
@@ -101,10 +101,12 @@ def test_non_kappa_target_trains_through_the_same_code(project):
     import numpy as np
     from omegaconf import OmegaConf
 
-    from kappaflow.data.stages import ingest_stage, prepare_stage
     from kappaflow.evaluation.protocol import cross_validate
-    from kappaflow.graphs.stage import featurize_stage
-    from kappaflow.transfer.stage import build_fit_predict, kappa_table, target_name
+    from kappaflow.layout import kappa_table, target_name
+    from kappaflow.stages.featurize import featurize_stage
+    from kappaflow.stages.ingest import ingest_stage
+    from kappaflow.stages.prepare import prepare_stage
+    from kappaflow.transfer.fit_predict import build_fit_predict
 
     root, cfg = project
     ingest_stage(cfg, "matbench_dielectric")

@@ -13,8 +13,8 @@ from kappa_testkit import split, tiny_graphs, trainer_cfg
 from omegaconf import OmegaConf
 from torch_geometric.data import Batch
 
+from kappaflow.layout import project_root
 from kappaflow.models import build_model
-from kappaflow.paths import project_root
 from kappaflow.training.datamodule import GraphDataModule
 from kappaflow.training.export import save_model
 from kappaflow.training.module import KappaLightningModule

@@ -199,7 +199,7 @@ def _match_mask(table: pd.DataFrame, others: Sequence[pd.DataFrame], level: Leve
 
 def _structure_of(row: pd.Series) -> object | None:
     """Build a Structure from prepared-table columns; None if the row has no structure."""
-    from kappaflow.data.crystal import CrystalArrays
+    from kappaflow.structure.crystal import CrystalArrays
 
     values = [row.get(c) for c in ("lattice", "numbers", "frac_coords")]
     if any(v is None or (np.ndim(v) == 0 and pd.isna(v)) for v in values):

@@ -37,15 +37,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from kappaflow.data.crystal import CrystalArrays
-from kappaflow.data.registry import DatasetSpec
+from kappaflow.cards import DatasetSpec
 from kappaflow.data.validation import Reason, ValidationOptions, ValidRecord, validate_row
+from kappaflow.layout import QUARANTINE_FILE, REPORT_FILE, VALID_FILE
+from kappaflow.structure.crystal import CrystalArrays
 
 log = logging.getLogger(__name__)
 
-VALID_FILE = "valid.parquet"
-QUARANTINE_FILE = "quarantine.csv"
-REPORT_FILE = "report.json"
 QUARANTINE_COLUMNS = ("row", "id", "reason", "detail")
 STRUCTURE_COLUMNS = ("lattice", "numbers", "frac_coords")
 
@@ -336,14 +334,6 @@ def prepare_dataset(
 # ----------------------------------------------------------------------------- reading back
 
 
-def load_prepared(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read ``out_dir/valid.parquet`` (structure columns hold numpy arrays, or None)."""
-    path = Path(out_dir) / VALID_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no prepared table at {path}; run prepare first")
-    return pd.read_parquet(path)
-
-
 def crystals_from_frame(df: pd.DataFrame) -> list[CrystalArrays]:
     """Rebuild one :class:`CrystalArrays` per row of a prepared table.
 
@@ -358,13 +348,3 @@ def crystals_from_frame(df: pd.DataFrame) -> list[CrystalArrays]:
             raise ValueError(f"row {rid!r} has no structure (composition-only dataset?)")
         out.append(CrystalArrays.from_row(lat, num, frac))
     return out
-
-
-def load_quarantine(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read ``out_dir/quarantine.csv`` (columns ``row, id, reason, detail``; ids stay text)."""
-    return pd.read_csv(
-        Path(out_dir) / QUARANTINE_FILE,
-        dtype={"row": "int64", "id": str, "reason": str, "detail": str},
-        keep_default_na=False,
-        na_filter=False,
-    )

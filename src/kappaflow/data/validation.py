@@ -10,8 +10,8 @@ element, which distance, which value). Checks, cheapest first:
 3. each target: present if required, numeric, finite, > 0 if ``positive``, within
    ``[min, max]`` (``target_*``). Values stay in raw units (κ in W/m/K, not log10).
 4. structure datasets only: CIF present and parseable (``missing_cif``, ``malformed_cif``,
-   ``no_sites``, ``partial_occupancy``, ``unknown_element``; see :mod:`kappaflow.data.cif`),
-   elements in :data:`kappaflow.graphs.elements.SUPPORTED_Z` (``unsupported_element``), site
+   ``no_sites``, ``partial_occupancy``, ``unknown_element``; see :mod:`kappaflow.structure.cif`),
+   elements in :data:`kappaflow.structure.elements.SUPPORTED_Z` (``unsupported_element``), site
    count (``too_many_sites``), cell volume (``nonpositive_volume``), reduced formula of the
    structure equals that of the formula column (``formula_mismatch``), no two atoms closer
    than ``min_distance`` (``overlapping_atoms``), every atom has a neighbour within ``cutoff``
@@ -33,11 +33,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kappaflow.data.cif import CifError, Reason, parse_cif
-from kappaflow.data.crystal import CrystalArrays
-from kappaflow.data.registry import DatasetSpec, TargetSpec
-from kappaflow.graphs.elements import MAX_Z, SUPPORTED_Z
-from kappaflow.graphs.neighbors import periodic_neighbors
+from kappaflow.cards import DatasetSpec, TargetSpec
+from kappaflow.structure.cif import CifError, Reason, parse_cif
+from kappaflow.structure.crystal import CrystalArrays
+from kappaflow.structure.elements import MAX_Z, SUPPORTED_Z
+from kappaflow.structure.neighbors import periodic_neighbors
 
 __all__ = [
     "CifError",

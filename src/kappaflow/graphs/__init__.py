@@ -1,7 +1,7 @@
-"""Crystal graphs: neighbour lists, element features, graph building and the on-disk graph cache.
+"""Crystal graphs: graph building, edge expansion and the on-disk graph cache.
 
-Submodules are imported lazily, so ``from kappaflow.graphs.neighbors import periodic_neighbors``
-does not pull in torch_geometric.
+Neighbour search and element features live in :mod:`kappaflow.structure`. Submodules are
+imported lazily, so importing the package does not pull in torch_geometric.
 """
 
 from __future__ import annotations
@@ -9,10 +9,6 @@ from __future__ import annotations
 from kappaflow._lazy import lazy_exports
 
 _EXPORTS = {
-    "periodic_neighbors": "kappaflow.graphs.neighbors",
-    "element_feature_table": "kappaflow.graphs.elements",
-    "MAX_Z": "kappaflow.graphs.elements",
-    "SUPPORTED_Z": "kappaflow.graphs.elements",
     "crystal_to_graph": "kappaflow.graphs.build",
     "build_graph_cache": "kappaflow.graphs.cache",
     "load_graph_cache": "kappaflow.graphs.cache",

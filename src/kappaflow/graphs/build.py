@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from kappaflow.data.crystal import CrystalArrays
-from kappaflow.graphs.neighbors import periodic_neighbors
+from kappaflow.structure.crystal import CrystalArrays
+from kappaflow.structure.neighbors import periodic_neighbors
 
 #: CGCNN defaults: 8 Å radius, 12 nearest neighbours per atom.
 DEFAULT_CUTOFF = 8.0

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from kappaflow.graphs.neighbors import periodic_neighbors
+from kappaflow.structure.neighbors import periodic_neighbors
 
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("z", "edge_index", "edge_dist", "y", "node_ptr", "edge_ptr", "ids", "meta")

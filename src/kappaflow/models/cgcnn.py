@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import CGConv, global_mean_pool
 
-from kappaflow.graphs.elements import element_feature_table
 from kappaflow.graphs.expansion import GaussianExpansion
 from kappaflow.models.base import Encoder, KappaModel, graph_index
 from kappaflow.models.heads import MLPHead
+from kappaflow.structure.elements import element_feature_table
 
 
 class CGCNNEncoder(Encoder):
@@ -41,7 +41,7 @@ class CGCNNEncoder(Encoder):
         h_fea_len: width of the crystal embedding (``embed_dim``).
         cutoff: upper end of the Gaussian grid, Å (must equal the graph cutoff).
         gaussian_step: spacing and width of the Gaussians, Å.
-        element_features: ``kind`` for :func:`~kappaflow.graphs.elements.element_feature_table`.
+        element_features: ``kind`` for :func:`~kappaflow.structure.elements.element_feature_table`.
     """
 
     def __init__(

@@ -16,10 +16,10 @@ from torch_geometric.nn import MetaLayer
 from torch_geometric.nn.aggr import Set2Set
 from torch_geometric.utils import scatter
 
-from kappaflow.graphs.elements import MAX_Z
 from kappaflow.graphs.expansion import GaussianExpansion
 from kappaflow.models.base import Encoder, KappaModel, graph_index
 from kappaflow.models.heads import MLPHead, make_mlp
+from kappaflow.structure.elements import MAX_Z
 
 _ACT = "shifted_softplus"  # MEGNet's softplus2(x) = softplus(x) - log 2
 

@@ -16,7 +16,13 @@ _EXPORTS = {
     "load_ensemble_dir": "kappaflow.registry.pyfunc",
     "decide": "kappaflow.registry.promotion",
     "Decision": "kappaflow.registry.promotion",
-    "register_stage": "kappaflow.registry.stage",
+    "DomainInfo": "kappaflow.registry.domain",
+    "fit_domain": "kappaflow.registry.domain",
+    "ood_flags": "kappaflow.registry.domain",
+    "predict_cifs": "kappaflow.registry.predictor",
+    "predict_items": "kappaflow.registry.predictor",
+    "resolve_model": "kappaflow.registry.champion",
+    "load_champion": "kappaflow.registry.champion",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch, Data
 
-from kappaflow.data.crystal import CrystalArrays
+from kappaflow.structure.crystal import CrystalArrays
 from kappaflow.training.target_transform import TargetTransform
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ Artifact ``ensemble/`` (see :func:`write_ensemble_dir`)::
 
 ``predict`` takes a list of CIF strings or a DataFrame with a ``cif`` column (and optionally
 ``id``) and returns one row per input with the columns of
-:data:`kappaflow.screening.predictor.COLUMNS` (κ and the band in W/m/K, log10 κ and σ in
+:data:`kappaflow.registry.predictor.COLUMNS` (κ and the band in W/m/K, log10 κ and σ in
 decades); a bad CIF gives NaN κ and an ``error`` message for its row only.
 """
 
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import mlflow.pyfunc
 import pandas as pd
 
+from kappaflow.registry.domain import DomainInfo
 from kappaflow.registry.ensemble import GraphSettings, KappaEnsemble
-from kappaflow.screening.domain import DomainInfo
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -205,7 +205,7 @@ class KappaEnsembleModel(mlflow.pyfunc.PythonModel):
             One row per input: ``id, formula, kappa (W/m/K), log10_kappa, sigma_log10
             (decades), kappa_lo, kappa_hi (W/m/K), in_domain, ood_reason, nn_distance, error``.
         """
-        from kappaflow.screening.predictor import predict_cifs
+        from kappaflow.registry.predictor import predict_cifs
 
         frame = _as_frame(model_input)
         batch = int((params or {}).get("batch_size") or self.batch_size)

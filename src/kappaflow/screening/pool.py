@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from kappaflow.screening.predictor import Item
+from kappaflow.registry.predictor import Item
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def find_structure_files(directory: str | Path) -> list[Path]:
 def _prepared_index(cfg: DictConfig, names: Sequence[str]) -> tuple[pd.DataFrame, dict]:
     import pyarrow.parquet as pq
 
-    from kappaflow.data.stages import interim_dir
+    from kappaflow.layout import interim_dir
 
     frames, per = [], {}
     for name in names:
@@ -192,10 +192,10 @@ def iter_items(
     structure columns are in memory); user files are parsed and checked here, and get their
     space-group number (``symprec`` in Å, backend ``spglib``/``moyopy``, as in ``prepare``).
     """
-    from kappaflow.data.cif import CifError, StructureFileError, parse_structure_file
-    from kappaflow.data.crystal import CrystalArrays
     from kappaflow.data.validation import spacegroup_number
-    from kappaflow.screening.predictor import checked_item
+    from kappaflow.registry.predictor import checked_item
+    from kappaflow.structure.cif import CifError, StructureFileError, parse_structure_file
+    from kappaflow.structure.crystal import CrystalArrays
 
     index = pool.index
     prepared = index[index["row"] >= 0]

@@ -1,6 +1,6 @@
 """Hyperparameter sweeps: Optuna studies over ``conf/sweep`` search spaces, MLflow run per trial.
 
-``kappaflow sweep sweep=<space> n_trials=N storage=URL`` (:mod:`kappaflow.sweep.cli`) composes
+``kappaflow sweep sweep=<space> n_trials=N storage=URL`` (:mod:`kappaflow.cli.sweep`) composes
 each trial's config with Hydra, scores it by the mean inner-CV log10-MAE (decades of κ, κ in
 W/m/K) on a κ dataset minus a held-out part no trial sees (:mod:`kappaflow.sweep.objective`),
 with TPE sampling and median pruning over folds, on an SQLite, PostgreSQL or journal storage that

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
 from kappaflow.sweep.settings import SweepSettings
 from kappaflow.sweep.space import STRATEGY_PATH, suggest, to_overrides
 
@@ -241,7 +241,7 @@ class CVObjective:
 
 
 def _kappa_table(cfg: DictConfig, dataset: str) -> tuple[pd.DataFrame, str]:
-    from kappaflow.transfer.stage import kappa_table
+    from kappaflow.layout import kappa_table
 
     return kappa_table(cfg, dataset)
 
@@ -249,6 +249,6 @@ def _kappa_table(cfg: DictConfig, dataset: str) -> tuple[pd.DataFrame, str]:
 def _build_fit_predict(
     cfg: DictConfig, strategy: str, dataset: str, table: pd.DataFrame, work: Path
 ) -> FitPredict:
-    from kappaflow.transfer.stage import build_fit_predict
+    from kappaflow.transfer.fit_predict import build_fit_predict
 
     return build_fit_predict(cfg, strategy, dataset, table, work)

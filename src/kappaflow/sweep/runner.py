@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
 from kappaflow.sweep.objective import ConfigSource, CVObjective, trial_work_dir
 from kappaflow.sweep.settings import SweepSettings
 from kappaflow.sweep.space import check_paths, default_params

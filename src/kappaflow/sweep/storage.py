@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
 
 if TYPE_CHECKING:
     import optuna

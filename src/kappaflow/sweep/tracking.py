@@ -91,7 +91,7 @@ class SweepTracker:
 
     def _provenance(self) -> dict[str, str]:
         import kappaflow
-        from kappaflow.paths import project_root
+        from kappaflow.layout import project_root
         from kappaflow.tracking.git import git_info
 
         info = git_info(project_root())

@@ -20,8 +20,6 @@ _EXPORTS = {
     "file_sha256": "kappaflow.tracking.runs",
     "git_info": "kappaflow.tracking.git",
     "GitInfo": "kappaflow.tracking.git",
-    "MlflowEpochLogger": "kappaflow.tracking.lightning",
-    "log_fit_result": "kappaflow.tracking.lightning",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
 
 AUTH_FILE_ENV = "KAPPAFLOW_MLFLOW_AUTH_FILE"
 DEFAULT_AUTH_FILE = Path("~/.config/kappaflow/mlflow-auth.ini")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
 from kappaflow.tracking.git import git_info
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kappaflow.paths import project_root
+from kappaflow.layout import project_root
 from kappaflow.tracking.auth import (
     SECRET_KEY_ENV,
     AdminCredentials,

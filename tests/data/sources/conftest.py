@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from kappaflow.data.registry import DatasetSpec, SourceSpec, TargetSpec
+from kappaflow.cards import DatasetSpec, SourceSpec, TargetSpec
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

@@ -9,9 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 from pymatgen.io.cif import CifWriter
 
-from kappaflow.data.registry import DatasetSpec, TargetSpec, spec_from_cfg
+from kappaflow.cards import DatasetSpec, TargetSpec, spec_from_cfg
 from kappaflow.data.sources import ChecksumMismatchError, fetch
-from kappaflow.paths import DATA_ENV_VAR, project_root
+from kappaflow.layout import DATA_ENV_VAR, project_root
 
 REL = "ltc/tiny.csv.gz"
 

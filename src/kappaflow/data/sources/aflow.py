@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import requests
     from pymatgen.core import Structure
 
-    from kappaflow.data.registry import DatasetSpec
+    from kappaflow.cards import DatasetSpec
 
 log = logging.getLogger(__name__)
 

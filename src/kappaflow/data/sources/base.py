@@ -1,6 +1,6 @@
 """Downloader interface: :class:`Source`, :class:`FetchResult`, the ``SOURCES`` registry.
 
-Every source turns one dataset card (:class:`~kappaflow.data.registry.DatasetSpec`) into the same
+Every source turns one dataset card (:class:`~kappaflow.cards.DatasetSpec`) into the same
 thing: a gzip CSV at ``dest`` with the card's columns (``id_col``, ``formula_col``, ``cif_col`` for
 structure sets, one column per ``TargetSpec.column``). The file is written atomically (temporary
 file in the destination folder + ``os.replace``) with deterministic bytes (gzip ``mtime=0``, no
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import requests
     from pymatgen.core import Structure
 
-    from kappaflow.data.registry import DatasetSpec
+    from kappaflow.cards import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def fetch(
     Args:
         spec: the dataset card.
         dest: output ``.csv.gz`` path (parent folders are created).
-        data_root: root of the curated data mirror (``kappaflow.paths.data_root()``).
+        data_root: root of the curated data mirror (``kappaflow.layout.data_root()``).
         prefer_mirror: for a downloading source (``matbench``, ``mp_api``, ``aflow``), copy the
             curated mirror file ``data_root / spec.path`` instead when it exists, so the pipeline
             is reproducible offline; set False to force the download.

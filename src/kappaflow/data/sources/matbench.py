@@ -42,7 +42,7 @@ from kappaflow.data.sources.base import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from kappaflow.data.registry import DatasetSpec
+    from kappaflow.cards import DatasetSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from kappaflow.data.sources.base import (
     register_source,
     tqdm_disable,
 )
-from kappaflow.paths import DATA_ENV_VAR
+from kappaflow.layout import DATA_ENV_VAR
 
 if TYPE_CHECKING:
-    from kappaflow.data.registry import DatasetSpec
+    from kappaflow.cards import DatasetSpec
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from kappaflow.data.sources.base import (
 )
 
 if TYPE_CHECKING:
-    from kappaflow.data.registry import DatasetSpec
+    from kappaflow.cards import DatasetSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The ``finetune`` stage: one transfer strategy on one κ dataset, through the CV protocol.
+"""One transfer strategy as a per-fold ``fit_predict`` callback (the heart of ``finetune``).
 
 For every fold of the repeated grouped k-fold (:func:`kappaflow.evaluation.protocol.cross_validate`)
 a fresh model is prepared by the strategy (:func:`kappaflow.transfer.strategies.prepare_model`),
@@ -9,17 +9,15 @@ for κ (W/m/K) on the test rows only. Models learn log10 κ.
 material of the evaluated κ set removed from them (so no fold's test material is ever trained on),
 once per (strategy, dataset); each fold then continues from that model.
 
-Outputs, per strategy × dataset (``models/finetune/<strategy>/<dataset>/``): ``cv.json`` (per-fold
-and mean ± std metrics), ``predictions.csv`` (out-of-fold κ) and, for strategies trained by
-gradient descent, ``folds/repeat<r>-fold<f>.pt``: every fold's model as a one-file export
-(:func:`kappaflow.training.export.save_model`; the k-fold ensemble the registry serves, its
-held-out error being exactly this stage's CV error). Fold checkpoints and finished fold
-predictions live under ``.cache/kappaflow/finetune/`` so a crashed stage resumes where it stopped.
+Fold checkpoints and finished fold predictions live under ``.cache/kappaflow/finetune/`` (see
+:func:`fold_cache_dir`) so a crashed stage resumes where it stopped. Used by the ``finetune``,
+``extrapolate`` and ``pretrain_size`` stages and by sweeps.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import shutil
 from collections.abc import Callable
@@ -31,52 +29,34 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from kappaflow.data.stages import dataset_spec, interim_dir
-from kappaflow.io_utils import config_digest, write_json
-from kappaflow.paths import project_root
-from kappaflow.training.inputs import RowsView
+from kappaflow.config import compose
+from kappaflow.data.leakage import exclude_overlapping, material_keys
+from kappaflow.data.splits import inner_validation_split
+from kappaflow.evaluation.protocol import dataset_evaluation, protocol_settings
+from kappaflow.io_utils import config_digest
+from kappaflow.layout import graph_cache_path, kappa_table, project_root, target_name
+from kappaflow.training.datamodule import GraphDataModule
+from kappaflow.training.export import predict, save_model
+from kappaflow.training.inputs import RowsView, input_kind, load_model_inputs
+from kappaflow.training.module import KappaLightningModule
+from kappaflow.training.target_transform import TargetTransform
+from kappaflow.training.trainer import fit
+from kappaflow.transfer.strategies import (
+    EmbeddingRegressor,
+    apply_stage,
+    extract_embeddings,
+    needs_input_scaler,
+    prepare_model,
+    pretrained_model_path,
+    stage_plan,
+    uses_sklearn_regressor,
+)
 
 log = logging.getLogger(__name__)
 
 
-def target_name(cfg: DictConfig, dataset: str) -> str:
-    """Return the learned target: the κ target (unit W/m/K), else the first log10 target.
-
-    A set without κ (e.g. ``matbench_dielectric``: refractive index, TL-CGCNN's non-κ transfer
-    check) must have a positive target, learned as log10 like κ.
-
-    Raises:
-        ValueError: neither a κ nor a positive (log10) target.
-    """
-    spec = dataset_spec(cfg, dataset)
-    kappa_targets = [t.name for t in spec.targets if t.unit == "W/m/K"]
-    positive = [t.name for t in spec.targets if t.transform == "log10"]
-    if not kappa_targets and not positive:
-        raise ValueError(
-            f"dataset {dataset!r} has no κ target (unit W/m/K) nor a positive (log10) target: "
-            f"{spec.target_names}"
-        )
-    return (kappa_targets or positive)[0]
-
-
-def kappa_table(cfg: DictConfig, dataset: str) -> tuple[pd.DataFrame, str]:
-    """Return the prepared rows of a dataset with its target (:func:`target_name`) as ``kappa``.
-
-    Returns:
-        ``(table, target_name)`` with columns ``id, formula, spacegroup, kappa`` (plus the
-        target under its own name when that is not ``kappa``: graph caches store it so).
-    """
-    from kappaflow.data.prepare import load_prepared
-
-    name = target_name(cfg, dataset)
-    table = load_prepared(interim_dir(cfg, dataset))
-    table = table.loc[table[name].notna()].reset_index(drop=True)
-    table = table[["id", "formula", "spacegroup", name]].copy()
-    table["kappa"] = table[name]
-    return table[list(dict.fromkeys(["id", "formula", "spacegroup", "kappa", name]))], name
-
-
-def _strategy_node(cfg: DictConfig, strategy: str) -> DictConfig:
+def strategy_node(cfg: DictConfig, strategy: str) -> DictConfig:
+    """Return ``transfer.strategies.<strategy>`` (``KeyError`` lists the configured ones)."""
     if strategy not in cfg.transfer.strategies:
         known = sorted(cfg.transfer.strategies)
         raise KeyError(f"unknown transfer strategy {strategy!r}; configured: {known}")
@@ -93,8 +73,6 @@ def with_strategy(cfg: DictConfig, strategy: str, **changes: Any) -> DictConfig:
     Raises:
         KeyError: no such strategy file in ``conf/transfer``.
     """
-    from kappaflow.config import compose
-
     out = copy.deepcopy(cfg)
     if strategy not in out.transfer.strategies:
         try:
@@ -117,11 +95,6 @@ def _train(
     out_dir: Path,
 ) -> Any:
     """Fit ``model`` on rows ``train_idx`` (early stopping on ``val_idx``); return the module."""
-    from kappaflow.training.datamodule import GraphDataModule
-    from kappaflow.training.module import KappaLightningModule
-    from kappaflow.training.target_transform import TargetTransform
-    from kappaflow.training.trainer import fit
-
     dm = GraphDataModule.from_cfg(inputs.dataset, train_idx, val_idx, None, tcfg)
     transform = TargetTransform.fit(dm.train_targets(), ["log10"], ["kappa"])
     module = KappaLightningModule.from_cfg(model, transform, tcfg)
@@ -130,20 +103,9 @@ def _train(
 
 
 def _predict(module: Any, inputs: Any, idx: np.ndarray, batch_size: int) -> np.ndarray:
-    from kappaflow.training.export import predict
 
     _, preds = predict(module.model, module.transform, RowsView(inputs.dataset, idx), batch_size)
     return preds[:, 0]
-
-
-def _inner_split(table: pd.DataFrame, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
-    from kappaflow.data.leakage import material_keys
-    from kappaflow.data.splits import train_val_test_split
-
-    labels = train_val_test_split(
-        material_keys(table).to_numpy(), (1.0 - val_fraction, val_fraction, 0.0), seed=seed
-    )
-    return np.flatnonzero(labels == "train"), np.flatnonzero(labels == "val")
 
 
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -175,22 +137,7 @@ def build_fit_predict(
         export_dir: where to copy each fold's exported model as ``repeat<r>-fold<f>.pt`` (folds
             numbered in call order, ``n_splits`` per repeat); None: no copies.
     """
-    from kappaflow.evaluation.protocol import dataset_evaluation, protocol_settings
-    from kappaflow.graphs.stage import graph_cache_path
-    from kappaflow.training.export import save_model
-    from kappaflow.training.inputs import input_kind, load_model_inputs
-    from kappaflow.transfer.strategies import (
-        EmbeddingRegressor,
-        apply_stage,
-        extract_embeddings,
-        needs_input_scaler,
-        prepare_model,
-        pretrained_model_path,
-        stage_plan,
-        uses_sklearn_regressor,
-    )
-
-    s_cfg = _strategy_node(cfg, strategy)
+    s_cfg = strategy_node(cfg, strategy)
     model_cfg = cfg.models[s_cfg.model]
     ev = dataset_evaluation(cfg.evaluation, dataset)
     seed = int(cfg.seed)
@@ -257,80 +204,6 @@ def build_fit_predict(
     return fit_predict
 
 
-def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, Any]:
-    """Cross-validate transfer ``strategy`` on κ dataset ``dataset``; write its CV results."""
-    from kappaflow.evaluation.protocol import (
-        cross_validate,
-        dataset_evaluation,
-        protocol_settings,
-    )
-    from kappaflow.tracking import start_stage_run
-    from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset
-    from kappaflow.transfer.strategies import stage_plan
-
-    if strategy not in cfg.transfer.strategies:  # e.g. finetune_other after `transfer=freeze`
-        cfg = with_strategy(cfg, strategy)
-    s_cfg = _strategy_node(cfg, strategy)
-    root = project_root()
-    out = root / cfg.paths.models_dir / "finetune" / strategy / dataset
-    out.mkdir(parents=True, exist_ok=True)
-    work = fold_cache_dir(cfg, strategy, dataset)
-
-    # two_stage: the earlier stages run once, on their sets minus every material of `dataset`.
-    plan = stage_plan(s_cfg, target_dataset=dataset) if s_cfg.name == "two_stage" else []
-    if any(st.dataset == dataset for st in plan[:-1]):
-        reason = f"{dataset} is an earlier stage's dataset of two_stage: nothing left to chain"
-        log.warning("finetune %s on %s skipped: %s", strategy, dataset, reason)
-        pd.DataFrame(columns=["id", "repeat", "fold", "kappa_true", "kappa_pred"]).to_csv(
-            out / "predictions.csv", index=False
-        )
-        skipped = {"strategy": strategy, "dataset": dataset, "skipped": reason}
-        write_json(out / "cv.json", skipped)
-        return skipped
-    table, _ = kappa_table(cfg, dataset)
-    prepared = interim_dir(cfg, dataset) / "valid.parquet"
-    with start_stage_run(
-        cfg,
-        "finetune",
-        run_name=f"finetune/{strategy}/{dataset}",
-        dvc_stage=f"finetune@{strategy}-{dataset}",
-        run_id_file=work / "mlflow_run_id",
-        tags={"strategy": strategy, "dataset": dataset},
-    ) as active:
-        if active is not None:
-            log_dataset(
-                table,
-                name=dataset,
-                digest=file_sha256(prepared),
-                context="finetune",
-                source=str(prepared),
-                targets="kappa",
-            )
-        fit_predict = build_fit_predict(cfg, strategy, dataset, table, work, out / "folds")
-        result = cross_validate(
-            table,
-            fit_predict,
-            **protocol_settings(dataset_evaluation(cfg.evaluation, dataset)),
-            progress=True,
-        )
-        summary = {"strategy": strategy, "dataset": dataset, **result.to_dict()}
-        if active is not None:
-            summary["mlflow_run_id"] = active.info.run_id
-        write_json(out / "cv.json", summary)
-        result.predictions.to_csv(out / "predictions.csv", index=False)
-        if active is not None:
-            _log_folds(result)
-            log_artifact(out / "cv.json")
-            log_artifact(out / "predictions.csv")
-    log.info(
-        "finetune %s on %s: %s",
-        strategy,
-        dataset,
-        {k: round(v, 4) for k, v in result.summary.items() if isinstance(v, float)},
-    )
-    return summary
-
-
 def fold_trainer_cfg(
     cfg: DictConfig, overrides: dict[str, Any], evaluation: DictConfig | None = None
 ) -> DictConfig:
@@ -357,11 +230,6 @@ def _run_earlier_stages(
     evaluation: DictConfig,
 ) -> Any:
     """Train the stages before the last one (e.g. AGL κ) on sets without ``target``'s materials."""
-    from kappaflow.data.leakage import exclude_overlapping
-    from kappaflow.graphs.stage import graph_cache_path
-    from kappaflow.training.inputs import input_kind, load_model_inputs
-    from kappaflow.transfer.strategies import apply_stage, prepare_model
-
     L.seed_everything(int(cfg.seed), workers=True)
     model, over = prepare_model(s_cfg, model_cfg, pretrained, 1)
     for k, stage in enumerate(plan[:-1]):
@@ -379,7 +247,12 @@ def _run_earlier_stages(
         )
         cache = graph_cache_path(cfg, stage.dataset) if input_kind(model_cfg) == "graph" else None
         inputs = load_model_inputs(model_cfg, kept, [target_name(cfg, stage.dataset)], cache)
-        tr, va = _inner_split(kept, float(evaluation.val_fraction), int(cfg.seed))
+        tr, va = inner_validation_split(
+            np.arange(len(kept)),
+            material_keys(kept).to_numpy(),
+            float(evaluation.val_fraction),
+            int(cfg.seed),
+        )
         tcfg = fold_trainer_cfg(cfg, over, evaluation)
         module = _train(model, inputs, tr, va, tcfg, work / f"stage{k}-{stage.dataset}")
         model = module.model
@@ -393,20 +266,18 @@ def fold_cache_dir(cfg: DictConfig, strategy: str, dataset: str) -> Path:
     any study that runs the same recipe on the same folds (pretraining size at 100 %, say)
     reuses the folds the ``finetune`` stage trained.
     """
-    s_cfg = _strategy_node(cfg, strategy)
+    s_cfg = strategy_node(cfg, strategy)
     name = f"{strategy}-{dataset}-{_digest(cfg, s_cfg, dataset)}"
     return project_root() / ".cache" / "kappaflow" / "finetune" / name
 
 
 def _fold_key(train_idx: np.ndarray, test_idx: np.ndarray) -> str:
-    import hashlib
 
     h = hashlib.sha256(np.asarray(train_idx).tobytes() + b"|" + np.asarray(test_idx).tobytes())
     return h.hexdigest()[:16]
 
 
 def _digest(cfg: DictConfig, s_cfg: DictConfig, dataset: str) -> str:
-    from kappaflow.evaluation.protocol import dataset_evaluation, protocol_settings
 
     ev = dataset_evaluation(cfg.evaluation, dataset)
     sig = {
@@ -417,26 +288,3 @@ def _digest(cfg: DictConfig, s_cfg: DictConfig, dataset: str) -> str:
         "seed": cfg.seed,
     }
     return config_digest(sig)
-
-
-def _log_folds(result: Any) -> None:
-    """Mean ± std as parent metrics, one nested child run per fold."""
-    import mlflow
-
-    mlflow.log_metrics(
-        {
-            k: float(v)
-            for k, v in result.summary.items()
-            if isinstance(v, int | float) and np.isfinite(v)
-        }
-    )
-    for f in result.folds:
-        with mlflow.start_run(run_name=f"repeat{f['repeat']}-fold{f['fold']}", nested=True):
-            mlflow.log_params({k: f[k] for k in ("repeat", "fold", "n_train", "n_val", "n_test")})
-            mlflow.log_metrics(
-                {
-                    k: float(v)
-                    for k, v in f["metrics"].items()
-                    if isinstance(v, int | float) and np.isfinite(v)
-                }
-            )

@@ -22,8 +22,17 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from kappaflow.data.leakage import material_keys
+from kappaflow.data.splits import inner_validation_split
+from kappaflow.evaluation.extrapolation import extrapolation_metrics, extrapolation_split
+from kappaflow.evaluation.plots import extrapolation_plot
+from kappaflow.evaluation.protocol import dataset_evaluation, magpie_rf_fit_predict
+from kappaflow.evaluation.report import write_report
 from kappaflow.io_utils import write_json
-from kappaflow.paths import project_root
+from kappaflow.layout import kappa_table, project_root
+from kappaflow.tracking import start_stage_run
+from kappaflow.tracking.runs import log_artifact
+from kappaflow.transfer.fit_predict import build_fit_predict, fold_cache_dir, with_strategy
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +40,13 @@ log = logging.getLogger(__name__)
 BASELINE_METHODS = ("magpie_rf",)
 
 
-def _inner_split(table: pd.DataFrame, rows: np.ndarray, val_fraction: float, seed: int):
-    from kappaflow.data.leakage import material_keys
-    from kappaflow.data.splits import train_val_test_split
-
-    keys = material_keys(table.iloc[rows]).to_numpy()
-    labels = train_val_test_split(keys, (1.0 - val_fraction, val_fraction, 0.0), seed=seed)
-    return rows[labels == "train"], rows[labels == "val"]
-
-
 def extrapolation_predictions(
     cfg: DictConfig, method: str, dataset: str, table: pd.DataFrame, train_rows: np.ndarray
 ) -> np.ndarray:
     """Train ``method`` on ``train_rows`` of ``table`` and predict κ (W/m/K) for every row."""
-    from kappaflow.evaluation.protocol import dataset_evaluation, magpie_rf_fit_predict
-    from kappaflow.transfer.stage import build_fit_predict, fold_cache_dir, with_strategy
-
     ev = dataset_evaluation(cfg.evaluation, dataset)
-    train, val = _inner_split(table, train_rows, float(ev.val_fraction), int(cfg.seed))
+    keys = material_keys(table).to_numpy()
+    train, val = inner_validation_split(train_rows, keys, float(ev.val_fraction), int(cfg.seed))
     every = np.arange(len(table), dtype=np.int64)
     if method in BASELINE_METHODS:
         fit_predict = magpie_rf_fit_predict(table, seed=int(cfg.seed))
@@ -63,14 +61,6 @@ def extrapolation_predictions(
 
 def extrapolate_stage(cfg: DictConfig) -> dict[str, Any]:
     """Run the extrapolation test for every configured dataset × method; write the report."""
-    from kappaflow.data.leakage import material_keys
-    from kappaflow.evaluation.extrapolation import extrapolation_metrics, extrapolation_split
-    from kappaflow.evaluation.plots import extrapolation_plot
-    from kappaflow.evaluation.report import write_report
-    from kappaflow.tracking import start_stage_run
-    from kappaflow.tracking.runs import log_artifact
-    from kappaflow.transfer.stage import kappa_table
-
     root = project_root()
     xc = cfg.evaluation.extrapolation
     k_values = [int(k) for k in xc.k]

@@ -17,8 +17,8 @@ from kappaflow.logging_utils import setup_logging
 
 #: Modules that add their own subcommands: each defines ``add_parser(subparsers) -> None``.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "kappaflow.screening.cli",  # predict, screen
-    "kappaflow.sweep.cli",  # sweep
+    "kappaflow.cli.predict",  # predict, screen
+    "kappaflow.cli.sweep",  # sweep
     "kappaflow.tracking.server",  # server
 )
 
@@ -33,7 +33,7 @@ def _config_dump(args: argparse.Namespace) -> int:
 def _data_report(args: argparse.Namespace) -> int:
     """Print the per-dataset prepare reports (valid / quarantined / reasons)."""
     from kappaflow.config import load_params
-    from kappaflow.data.stages import interim_dir
+    from kappaflow.layout import interim_dir
 
     cfg = load_params()
     rows = []

@@ -32,8 +32,16 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from kappaflow.data.prepare import crystals_from_frame
 from kappaflow.io_utils import config_digest, write_json
-from kappaflow.paths import project_root
+from kappaflow.layout import interim_dir, load_prepared, project_root
+from kappaflow.registry import promotion as P
+from kappaflow.registry.domain import fit_domain
+from kappaflow.registry.ensemble import GraphSettings, KappaEnsemble
+from kappaflow.registry.pyfunc import log_ensemble_model, write_ensemble_dir
+from kappaflow.tracking import start_stage_run
+from kappaflow.tracking.git import git_info
+from kappaflow.tracking.runs import file_sha256, log_artifact, tracking_cfg
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +155,6 @@ def select_candidate(cfg: DictConfig) -> Candidate:
 
 def ensemble_sha256(members: list[Path], settings: dict[str, Any]) -> str:
     """Content hash of an ensemble: member file hashes (in order) + settings."""
-    from kappaflow.tracking.runs import file_sha256
-
     h = hashlib.sha256()
     for p in members:
         h.update(file_sha256(p).encode())
@@ -158,10 +164,6 @@ def ensemble_sha256(members: list[Path], settings: dict[str, Any]) -> str:
 
 def training_domain(cfg: DictConfig, ensemble: Any, dataset: str, quantile: float) -> Any:
     """Fit the OOD domain on every material of ``dataset`` (member-0 embeddings, elements)."""
-    from kappaflow.data.prepare import crystals_from_frame, load_prepared
-    from kappaflow.data.stages import interim_dir
-    from kappaflow.screening.domain import fit_domain
-
     table = load_prepared(interim_dir(cfg, dataset))
     crystals = crystals_from_frame(table)
     embeddings = []
@@ -219,13 +221,6 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
         RuntimeError: MLflow tracking is disabled (the registry lives in the tracking store).
     """
     from mlflow import MlflowClient
-
-    from kappaflow.registry import promotion as P
-    from kappaflow.registry.ensemble import GraphSettings, KappaEnsemble
-    from kappaflow.registry.pyfunc import log_ensemble_model, write_ensemble_dir
-    from kappaflow.tracking import start_stage_run
-    from kappaflow.tracking.git import git_info
-    from kappaflow.tracking.runs import log_artifact, tracking_cfg
 
     if not tracking_cfg(cfg)["enabled"]:
         raise RuntimeError("the register stage needs MLflow tracking (tracking.enabled: true)")

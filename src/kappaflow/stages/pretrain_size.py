@@ -21,8 +21,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from kappaflow.evaluation.plots import size_study_plot
+from kappaflow.evaluation.protocol import cross_validate, dataset_evaluation, protocol_settings
+from kappaflow.evaluation.report import write_report
 from kappaflow.io_utils import write_json
-from kappaflow.paths import project_root
+from kappaflow.layout import kappa_table, project_root
+from kappaflow.tracking import start_stage_run
+from kappaflow.tracking.runs import log_artifact
+from kappaflow.transfer.fit_predict import build_fit_predict, fold_cache_dir, with_strategy
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +57,6 @@ def size_points(cfg: DictConfig) -> list[tuple[float, str | None]]:
 
 def pretrain_size_stage(cfg: DictConfig) -> dict[str, Any]:
     """Cross-validate the recipe at every pretraining fraction; write table, plot and metrics."""
-    from kappaflow.evaluation.plots import size_study_plot
-    from kappaflow.evaluation.protocol import cross_validate, dataset_evaluation, protocol_settings
-    from kappaflow.evaluation.report import write_report
-    from kappaflow.tracking import start_stage_run
-    from kappaflow.tracking.runs import log_artifact
-    from kappaflow.transfer.stage import (
-        build_fit_predict,
-        fold_cache_dir,
-        kappa_table,
-        with_strategy,
-    )
-
     root = project_root()
     sc = cfg.evaluation.pretrain_size
     strategy = str(sc.strategy)

@@ -28,9 +28,30 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from kappaflow.config import flatten
-from kappaflow.data.stages import dataset_spec, interim_dir
+from kappaflow.data.leakage import exclude_overlapping, material_keys
+from kappaflow.data.splits import train_val_test_split
+from kappaflow.evaluation.baselines import MeanPredictor
+from kappaflow.evaluation.metrics import basic_metrics, regression_metrics
+from kappaflow.evaluation.plots import learning_curve_plot, parity_plot
 from kappaflow.io_utils import config_digest, write_json
-from kappaflow.paths import project_root
+from kappaflow.layout import (
+    dataset_spec,
+    graph_cache_path,
+    interim_dir,
+    load_prepared,
+    project_root,
+)
+from kappaflow.models import build_model
+from kappaflow.tracking import log_dataset, start_stage_run
+from kappaflow.tracking.runs import file_sha256, log_artifact
+from kappaflow.training.callbacks import EpochHistory, read_history
+from kappaflow.training.datamodule import GraphDataModule
+from kappaflow.training.export import predict, save_model
+from kappaflow.training.inputs import RowsView, input_kind, load_model_inputs
+from kappaflow.training.mlflow_logger import MlflowEpochLogger, log_fit_result
+from kappaflow.training.module import KappaLightningModule
+from kappaflow.training.target_transform import TargetTransform
+from kappaflow.training.trainer import fit
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +121,6 @@ def pretrain_split(
         fraction: share of the training groups actually used, in (0, 1].
         seed: split seed.
     """
-    from kappaflow.data.leakage import material_keys
-    from kappaflow.data.splits import train_val_test_split
-
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"pretrain.fraction must be in (0, 1], got {fraction}")
     roles = np.full(len(table), "excluded", dtype=object)
@@ -126,9 +144,6 @@ def excluded_material_ids(
     cfg: DictConfig, table: pd.DataFrame, level: str, own_dataset: str
 ) -> set[str]:
     """Return ids of ``table`` whose material is in a set of ``pretrain.exclude_materials_of``."""
-    from kappaflow.data.leakage import exclude_overlapping
-    from kappaflow.data.prepare import load_prepared
-
     others = []
     for name in cfg.pretrain.exclude_materials_of or []:
         if name == own_dataset:  # e.g. SPS pretraining on ju2021_sps keeps its own rows
@@ -155,11 +170,6 @@ def evaluate_split(
         ``(model_metrics, baseline_metrics, predictions [len(idx), T])``. κ-like (log10)
         targets get log10-MAE etc. (:func:`regression_metrics`), others MAE/RMSE/R².
     """
-    from kappaflow.evaluation.baselines import MeanPredictor
-    from kappaflow.evaluation.metrics import basic_metrics, regression_metrics
-    from kappaflow.training.export import predict
-    from kappaflow.training.inputs import RowsView
-
     _, preds = predict(model, transform, RowsView(inputs.dataset, idx), batch_size=batch_size)
     y_all = inputs.table[inputs.target_names].to_numpy(dtype=np.float64)
     ours: dict[str, dict[str, float]] = {}
@@ -180,21 +190,6 @@ def evaluate_split(
 
 def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
     """Run pretraining ``run`` (a key of ``pretrain.runs``) end to end; return its metrics."""
-    from kappaflow.data.prepare import load_prepared
-    from kappaflow.evaluation.plots import learning_curve_plot, parity_plot
-    from kappaflow.graphs.stage import graph_cache_path
-    from kappaflow.models import build_model
-    from kappaflow.tracking import log_dataset, start_stage_run
-    from kappaflow.tracking.lightning import MlflowEpochLogger, log_fit_result
-    from kappaflow.tracking.runs import file_sha256, log_artifact
-    from kappaflow.training.callbacks import EpochHistory, read_history
-    from kappaflow.training.datamodule import GraphDataModule
-    from kappaflow.training.export import save_model
-    from kappaflow.training.inputs import input_kind, load_model_inputs
-    from kappaflow.training.module import KappaLightningModule
-    from kappaflow.training.target_transform import TargetTransform
-    from kappaflow.training.trainer import fit
-
     if run not in cfg.pretrain.runs:
         raise KeyError(f"unknown pretrain run {run!r}; known: {sorted(cfg.pretrain.runs)}")
     t_start = time.perf_counter()

@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset, start_stage_run
+
 log = logging.getLogger(__name__)
 
 
@@ -28,8 +30,6 @@ def log_data_stage(
         summary: the stage's report (``n_input``, ``n_valid``, ``reasons``... or cache summary);
             numbers become metrics, strings (e.g. the ingested file's sha256) tags.
     """
-    from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset, start_stage_run
-
     with start_stage_run(
         cfg,
         stage,

@@ -66,7 +66,7 @@ def _cif_text(path: Path) -> str:
     Raises:
         CifError, StructureFileError: the file cannot be read as a structure.
     """
-    from kappaflow.data.cif import parse_structure_file
+    from kappaflow.structure.cif import parse_structure_file
 
     crystal = parse_structure_file(path)
     if path.name.lower().endswith((".cif", ".mcif")):
@@ -106,7 +106,7 @@ def predict_command(args: argparse.Namespace) -> int:
     import mlflow
     import pandas as pd
 
-    from kappaflow.data.cif import CifError, StructureFileError
+    from kappaflow.structure.cif import CifError, StructureFileError
     from kappaflow.tracking.runs import quiet_mlflow, tracking_uri
 
     cfg = _load_cfg()
@@ -167,7 +167,7 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 def screen_command(args: argparse.Namespace) -> int:
     """Run ``kappaflow screen``; returns 0 (errors raise)."""
     from kappaflow.config import load_params
-    from kappaflow.screening.stage import screen_stage
+    from kappaflow.stages.screen import screen_stage
 
     cfg = load_params(overrides=args.overrides)
     summary = screen_stage(cfg, *args.dirs, model_uri=args.model_uri, only_dirs=args.only_dirs)

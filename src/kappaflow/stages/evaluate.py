@@ -20,27 +20,25 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from kappaflow.evaluation.plots import parity_plot, strategy_comparison_plot
+from kappaflow.evaluation.protocol import (
+    cross_validate,
+    dataset_evaluation,
+    magpie_rf_fit_predict,
+    median_fit_predict,
+    protocol_settings,
+)
+from kappaflow.evaluation.report import published_table, transfer_table, write_report
 from kappaflow.io_utils import write_json
-from kappaflow.paths import project_root
+from kappaflow.layout import kappa_table, project_root
+from kappaflow.tracking import start_stage_run
+from kappaflow.tracking.runs import log_artifact
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
     """Assemble the transfer report from the fine-tuning CV results and the baselines."""
-    from kappaflow.evaluation.plots import parity_plot, strategy_comparison_plot
-    from kappaflow.evaluation.protocol import (
-        cross_validate,
-        dataset_evaluation,
-        magpie_rf_fit_predict,
-        median_fit_predict,
-        protocol_settings,
-    )
-    from kappaflow.evaluation.report import published_table, transfer_table, write_report
-    from kappaflow.tracking import start_stage_run
-    from kappaflow.tracking.runs import log_artifact
-    from kappaflow.transfer.stage import kappa_table
-
     root = project_root()
     ev = cfg.evaluation
     plots = root / cfg.paths.plots_dir / "transfer"

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from kappaflow.data.crystal import CrystalArrays
+from kappaflow.structure.crystal import CrystalArrays
 
 if TYPE_CHECKING:
+    from kappaflow.registry.domain import DomainInfo
     from kappaflow.registry.ensemble import KappaEnsemble
-    from kappaflow.screening.domain import DomainInfo
 
 COLUMNS = (
     "id",
@@ -72,7 +72,7 @@ def item_from_cif(text: str, material_id: str, cutoff: float) -> Item:
         material_id: id of the row.
         cutoff: graph cutoff, Å (atoms without a neighbour within it are rejected).
     """
-    from kappaflow.data.cif import CifError, parse_cif
+    from kappaflow.structure.cif import CifError, parse_cif
 
     try:
         crystal = parse_cif(text)
@@ -120,7 +120,7 @@ def predict_items(
     Returns:
         A frame with :data:`COLUMNS`, one row per item, same order.
     """
-    from kappaflow.screening.domain import ood_flags
+    from kappaflow.registry.domain import ood_flags
 
     good = [i for i, it in enumerate(items) if it.crystal is not None and not it.error]
     good_set = set(good)

@@ -1,28 +1,24 @@
-"""DVC stage function of the graphs package: ``featurize`` (one dataset → one graph cache)."""
+"""DVC stage ``featurize``: one prepared structure dataset → one crystal-graph cache.
+
+Reads ``graphs`` (which datasets, the neighbour cutoff and count, workers); writes
+``data/graphs/<name>.pt``.
+"""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kappaflow.data.stages import dataset_spec, interim_dir
-from kappaflow.paths import project_root
+from kappaflow.graphs.cache import build_graph_cache
+from kappaflow.layout import dataset_spec, graph_cache_path, interim_dir
+from kappaflow.stages.common import log_data_stage
 
 log = logging.getLogger(__name__)
 
 
-def graph_cache_path(cfg: DictConfig, name: str) -> Path:
-    """``data/graphs/<name>.pt``: the cached crystal graphs of dataset ``name``."""
-    return project_root() / cfg.paths.graphs_dir / f"{name}.pt"
-
-
 def featurize_stage(cfg: DictConfig, name: str) -> dict:
     """Build the graph cache of a prepared structure dataset and log it to MLflow."""
-    from kappaflow.graphs.cache import build_graph_cache
-    from kappaflow.tracking.data_runs import log_data_stage
-
     spec = dataset_spec(cfg, name)
     if spec.kind != "structure":
         raise ValueError(f"dataset {name!r} is composition-only: it has no crystal graphs")
@@ -38,5 +34,5 @@ def featurize_stage(cfg: DictConfig, name: str) -> dict:
         chunk_size=int(cfg.graphs.chunk_size),
         progress=True,
     )
-    log_data_stage(cfg, stage="featurize", dataset=name, out_dir=out.parent, summary=summary)
+    log_data_stage(cfg, "featurize", name, out.parent, summary)
     return summary

@@ -1,4 +1,4 @@
-"""CIF (and POSCAR) text -> :class:`~kappaflow.data.crystal.CrystalArrays`.
+"""CIF (and POSCAR) text -> :class:`~kappaflow.structure.crystal.CrystalArrays`.
 
 Fast path: every CIF in the shared data is pymatgen ``CifWriter`` output in P1 with the single
 symmetry operation ``x, y, z``. Those are read with gemmi's CIF tokenizer and turned into arrays
@@ -34,7 +34,7 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from kappaflow.data.crystal import CrystalArrays
+from kappaflow.structure.crystal import CrystalArrays
 
 #: Occupancies within this of 1 count as fully occupied.
 OCCUPANCY_TOL = 1e-3

@@ -36,7 +36,12 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from kappaflow.io_utils import write_json
-from kappaflow.paths import project_root
+from kappaflow.layout import interim_dir, load_prepared, project_root
+from kappaflow.registry.champion import load_champion, resolve_model
+from kappaflow.registry.predictor import Item, predict_stream
+from kappaflow.screening.pool import iter_items, load_pool
+from kappaflow.tracking import start_stage_run
+from kappaflow.tracking.runs import log_artifact, log_dataset, log_figure, setup_experiment
 
 log = logging.getLogger(__name__)
 
@@ -60,52 +65,8 @@ RANKED_COLUMNS = (
 )
 
 
-def resolve_model(cfg: DictConfig, model_uri: str | None = None) -> tuple[str, dict[str, Any]]:
-    """Return the model URI to load and what is known about it.
-
-    Default ``models:/<registry.model_name>@champion``; the alias must point at the version
-    recorded in ``registry.champion_file`` (written by the ``register`` stage), so that the DVC
-    dependency and the loaded model agree.
-
-    Raises:
-        RuntimeError: the alias points elsewhere than champion.json says.
-    """
-    import json
-
-    from mlflow import MlflowClient
-
-    if model_uri:
-        return model_uri, {"uri": model_uri}
-    name = str(cfg.registry.model_name)
-    uri = f"models:/{name}@champion"
-    version = MlflowClient().get_model_version_by_alias(name, "champion")
-    info: dict[str, Any] = {"uri": uri, "name": name, "version": int(version.version)}
-    info |= {k: version.tags.get(k) for k in ("dataset", "strategy", "log10_mae")}
-    record = project_root() / str(cfg.registry.champion_file)
-    if record.is_file():
-        recorded = json.loads(record.read_text())
-        if recorded.get("name") == name and int(recorded["version"]) != info["version"]:
-            raise RuntimeError(
-                f"{uri} is version {info['version']} but {record} says {recorded['version']}: "
-                "the registry changed after the register stage; run `dvc repro register`"
-            )
-    return uri, info
-
-
-def load_champion(uri: str, device: str) -> Any:
-    """Load the pyfunc at ``uri`` and return its :class:`KappaEnsembleModel` (moved to device)."""
-    import mlflow
-
-    model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    model.ensemble.to(device)
-    return model
-
-
 def training_keys(cfg: DictConfig, dataset: str | None) -> set[str]:
     """``formula@spacegroup`` keys of the model's training materials (empty if unknown)."""
-    from kappaflow.data.prepare import load_prepared
-    from kappaflow.data.stages import interim_dir
-
     if not dataset or dataset not in cfg.datasets:
         return set()
     path = interim_dir(cfg, dataset)
@@ -166,11 +127,6 @@ def screen_stage(
         RuntimeError: the count check fails (a structure was lost or counted twice).
     """
     from tqdm.auto import tqdm
-
-    from kappaflow.screening.pool import iter_items, load_pool
-    from kappaflow.screening.predictor import Item, predict_stream
-    from kappaflow.tracking import start_stage_run
-    from kappaflow.tracking.runs import log_artifact, log_dataset, setup_experiment
 
     t_start = time.perf_counter()
     sc = cfg.screen
@@ -286,8 +242,6 @@ def screen_stage(
         write_json(out / "summary.json", summary)
         if run is not None:
             import mlflow
-
-            from kappaflow.tracking.runs import log_figure
 
             mlflow.log_metrics(
                 {

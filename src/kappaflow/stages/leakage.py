@@ -1,0 +1,45 @@
+"""DVC stage ``leakage``: the same material across datasets, as a map and per-pair counts.
+
+Reads ``leakage`` (datasets, levels); writes ``data/leakage/map_<level>.csv`` and
+``data/leakage/summary.json``. Pretraining excludes κ-set materials by the same rule.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from kappaflow.data.leakage import leakage_map, overlap_summary
+from kappaflow.io_utils import write_json
+from kappaflow.layout import interim_dir, load_prepared, project_root
+
+log = logging.getLogger(__name__)
+
+
+def leakage_stage(cfg: DictConfig) -> dict:
+    """Write the cross-dataset leakage map and per-pair overlap counts (``data/leakage/``).
+
+    Outputs ``map_<level>.csv`` (every row whose material occurs in another dataset: key,
+    formula, spacegroup, dataset, id, datasets) and ``summary.json`` (per level and dataset pair:
+    shared formulas and matching rows; formula lists only where they are short).
+    """
+    frames = {
+        name: load_prepared(interim_dir(cfg, name))[["id", "formula", "spacegroup"]]
+        for name in cfg.leakage.datasets
+    }
+    out = project_root() / "data" / "leakage"
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, dict] = {}
+    for level in cfg.leakage.levels:
+        table = leakage_map(frames, level=level)
+        table.to_csv(out / f"map_{level.replace('+', '_')}.csv", index=False)
+        pairs = overlap_summary(frames, level=level)
+        for pair in pairs.values():
+            formulas = pair.get("formulas", [])
+            if isinstance(formulas, list) and len(formulas) > 50:
+                pair["formulas"] = formulas[:50] + [f"... {len(formulas) - 50} more"]
+        summary[level] = pairs
+        log.info("leakage (%s): %d rows shared across datasets", level, len(table))
+    write_json(out / "summary.json", summary, indent=1)
+    return summary

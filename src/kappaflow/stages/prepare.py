@@ -1,0 +1,30 @@
+"""DVC stage ``prepare``: parse and validate every row of one dataset.
+
+Reads ``datasets.<name>`` and ``validation``; writes ``data/interim/<name>/valid.parquet``,
+``quarantine.csv`` (every rejected row with its reason) and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from omegaconf import DictConfig, OmegaConf
+
+from kappaflow.data.prepare import prepare_dataset
+from kappaflow.data.validation import ValidationOptions
+from kappaflow.layout import REPORT_FILE, dataset_spec, interim_dir, raw_path
+from kappaflow.stages.common import log_data_stage
+
+
+def prepare_stage(cfg: DictConfig, name: str) -> dict:
+    """Validate dataset ``name``: ``valid.parquet`` + ``quarantine.csv`` + ``report.json``."""
+    spec = dataset_spec(cfg, name)
+    v = OmegaConf.to_container(cfg.validation, resolve=True)
+    assert isinstance(v, dict)
+    n_jobs = int(v.pop("n_jobs", 1))
+    opts = ValidationOptions(**v)
+    out = interim_dir(cfg, name)
+    report = prepare_dataset(spec, raw_path(cfg, name), out, opts, n_jobs=n_jobs, progress=True)
+    summary = json.loads((out / REPORT_FILE).read_text())
+    log_data_stage(cfg, "prepare", name, out, summary)
+    return report if isinstance(report, dict) else summary

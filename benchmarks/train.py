@@ -3,7 +3,7 @@
 For the first ``--n`` structures of ``pretrain/mp_eform_bandgap.csv.gz`` (CIFs parsed with
 pymatgen ``Structure.from_str(cif, fmt="cif")``), times ONE training epoch (forward, masked MSE,
 backward, AdamW step; after a short warm-up) of the same paper-size CGCNN
-(``conf/model/cgcnn.yaml``) fed by:
+(``conf/models/cgcnn.yaml``) fed by:
 
 * **ours**: graphs built once (``build_graph_cache`` = ``crystal_to_graph`` per crystal, 8 Å,
   12 neighbours) and loaded with ``load_graph_cache``; ``__getitem__`` only slices tensors;

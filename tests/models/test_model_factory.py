@@ -1,4 +1,4 @@
-"""Tests of build_model and the model cards conf/model/*.yaml."""
+"""Tests of build_model and the model cards conf/models/*.yaml."""
 
 from __future__ import annotations
 

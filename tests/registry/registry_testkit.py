@@ -1,6 +1,6 @@
 """Tiny κ ensembles, crystals and a scratch project for the registry and screening tests.
 
-Imported by tests/registry/* and tests/screening/*: their conftest puts this folder on sys.path
+Imported by tests/registry/* and tests/screen/*: their conftest puts this folder on sys.path
 and re-exports the fixtures defined here.
 """
 

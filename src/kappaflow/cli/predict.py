@@ -6,7 +6,7 @@ the tracking store of ``params.yaml`` (or ``--model-uri``). A file that cannot b
 scored prints ``ERROR <file>: <reason>`` on stderr; the other files are still predicted, and the
 exit code is 1 if any file failed.
 
-``screen`` runs the ``screen`` stage (:func:`kappaflow.screening.stage.screen_stage`), with
+``screen`` runs the ``screen`` stage (:func:`kappaflow.screen.stage.screen_stage`), with
 extra structure directories (``--dir``, repeatable).
 
 Only light modules are imported at module level (``kappaflow --help`` stays fast).

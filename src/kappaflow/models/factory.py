@@ -1,4 +1,4 @@
-"""Build a :class:`~kappaflow.models.base.KappaModel` from a ``conf/model/*.yaml`` node."""
+"""Build a :class:`~kappaflow.models.base.KappaModel` from a ``conf/models/*.yaml`` node."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def build_model(model_cfg: DictConfig | Mapping[str, Any], n_targets: int) -> Ka
     (``kind: magpie`` and ``extras``).
 
     Args:
-        model_cfg: the ``model`` config node (``conf/model/<name>.yaml``).
+        model_cfg: the ``model`` config node (``conf/models/<name>.yaml``).
         n_targets: number of regression targets of the head.
 
     Returns:

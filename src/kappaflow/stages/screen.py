@@ -1,6 +1,6 @@
 """The ``screen`` stage: score the pool with ``models:/<registry.model_name>@champion``.
 
-Streams the pool (:mod:`kappaflow.screening.pool`) through the champion ensemble in batches of
+Streams the pool (:mod:`kappaflow.screen.pool`) through the champion ensemble in batches of
 ``screen.batch_size`` with a progress bar and writes, under ``screen.out_dir``
 (``reports/screen``):
 
@@ -39,7 +39,7 @@ from kappaflow.io_utils import write_json
 from kappaflow.layout import interim_dir, load_prepared, project_root
 from kappaflow.registry.champion import load_champion, resolve_model
 from kappaflow.registry.predictor import Item, predict_stream
-from kappaflow.screening.pool import iter_items, load_pool
+from kappaflow.screen.pool import iter_items, load_pool
 from kappaflow.tracking import start_stage_run
 from kappaflow.tracking.runs import log_artifact, log_dataset, log_figure, setup_experiment
 

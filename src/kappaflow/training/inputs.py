@@ -107,7 +107,7 @@ def load_model_inputs(
     """Build the dataset a model trains on from a prepared table.
 
     Args:
-        model_cfg: model card (``conf/model/*.yaml``).
+        model_cfg: model card (``conf/models/*.yaml``).
         table: prepared rows (``data/interim/<ds>/valid.parquet``) with the target columns.
         target_names: targets to learn, in order.
         graph_cache: ``data/graphs/<ds>.pt`` (graph models only).

@@ -394,7 +394,7 @@ def prepare_model(
     Args:
         strategy_cfg: ``conf/transfer/<name>.yaml`` node (``name``, ``pretrained``, ``model``,
             ``encoder_lr_mult``, ``unfreeze_last_k``, ``regressor``, ``stages``, ``trainer``).
-        model_cfg: the model card (``conf/model/<name>.yaml``); must match the pretrained card.
+        model_cfg: the model card (``conf/models/<name>.yaml``); must match the pretrained card.
         pretrained_path: ``models/pretrain/<run>.pt`` (see :func:`pretrained_model_path`);
             ignored (may be None) for ``scratch``, optional for ``two_stage`` (None: the chain
             starts from random weights), required otherwise.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from kappaflow._lazy import lazy_exports
 
 _EXPORTS = {
-    "load_pool": "kappaflow.screening.pool",
+    "load_pool": "kappaflow.screen.pool",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -28,7 +28,7 @@ def pool_project(tmp_path, monkeypatch):
 
 
 def test_dedup_keeps_first_occurrence_and_counts(pool_project):
-    from kappaflow.screening.pool import load_pool
+    from kappaflow.screen.pool import load_pool
 
     _, cfg, _ = pool_project
     pool = load_pool(cfg)
@@ -40,7 +40,7 @@ def test_dedup_keeps_first_occurrence_and_counts(pool_project):
 
 
 def test_user_files_are_never_dropped_and_bad_ones_become_errors(pool_project):
-    from kappaflow.screening.pool import iter_items, load_pool
+    from kappaflow.screen.pool import iter_items, load_pool
 
     _, cfg, user = pool_project
     pool = load_pool(cfg, [str(user)])
@@ -56,7 +56,7 @@ def test_user_files_are_never_dropped_and_bad_ones_become_errors(pool_project):
 
 
 def test_max_structures_samples_the_prepared_rows_only(pool_project):
-    from kappaflow.screening.pool import load_pool
+    from kappaflow.screen.pool import load_pool
 
     _, cfg, user = pool_project
     cfg.screen.max_structures = 3
@@ -68,7 +68,7 @@ def test_max_structures_samples_the_prepared_rows_only(pool_project):
 
 
 def test_missing_directory_is_a_clear_error(pool_project):
-    from kappaflow.screening.pool import load_pool
+    from kappaflow.screen.pool import load_pool
 
     _, cfg, user = pool_project
     with pytest.raises(FileNotFoundError, match="not a directory"):

@@ -3,10 +3,7 @@
 Usage: `python pipelines/extrapolate.py [key=value ...]`.
 """
 
-from kappaflow.config import stage_main
-from kappaflow.logging_utils import setup_logging
-from kappaflow.stages.extrapolate import extrapolate_stage
+from kappaflow.stages.extrapolate import main
 
 if __name__ == "__main__":
-    setup_logging()
-    stage_main(extrapolate_stage)
+    main()

@@ -3,10 +3,7 @@
 Usage: `python pipelines/finetune.py STRATEGY DATASET [key=value ...]`.
 """
 
-from kappaflow.config import stage_main
-from kappaflow.logging_utils import setup_logging
-from kappaflow.stages.finetune import finetune_stage
+from kappaflow.stages.finetune import main
 
 if __name__ == "__main__":
-    setup_logging()
-    stage_main(finetune_stage)
+    main()

@@ -3,10 +3,7 @@
 Usage: `python pipelines/ingest.py NAME [key=value ...]`.
 """
 
-from kappaflow.config import stage_main
-from kappaflow.logging_utils import setup_logging
-from kappaflow.stages.ingest import ingest_stage
+from kappaflow.stages.ingest import main
 
 if __name__ == "__main__":
-    setup_logging()
-    stage_main(ingest_stage)
+    main()

@@ -3,10 +3,7 @@
 Usage: `python pipelines/prepare.py NAME [key=value ...]`.
 """
 
-from kappaflow.config import stage_main
-from kappaflow.logging_utils import setup_logging
-from kappaflow.stages.prepare import prepare_stage
+from kappaflow.stages.prepare import main
 
 if __name__ == "__main__":
-    setup_logging()
-    stage_main(prepare_stage)
+    main()

@@ -3,10 +3,7 @@
 Usage: `python pipelines/pretrain.py RUN [key=value ...]`.
 """
 
-from kappaflow.config import stage_main
-from kappaflow.logging_utils import setup_logging
-from kappaflow.stages.pretrain import pretrain_stage
+from kappaflow.stages.pretrain import main
 
 if __name__ == "__main__":
-    setup_logging()
-    stage_main(pretrain_stage)
+    main()

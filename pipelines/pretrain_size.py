@@ -3,10 +3,7 @@
 Usage: `python pipelines/pretrain_size.py [key=value ...]`.
 """
 
-from kappaflow.config import stage_main
-from kappaflow.logging_utils import setup_logging
-from kappaflow.stages.pretrain_size import pretrain_size_stage
+from kappaflow.stages.pretrain_size import main
 
 if __name__ == "__main__":
-    setup_logging()
-    stage_main(pretrain_size_stage)
+    main()

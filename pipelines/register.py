@@ -3,10 +3,7 @@
 Usage: `python pipelines/register.py [key=value ...]`.
 """
 
-from kappaflow.config import stage_main
-from kappaflow.logging_utils import setup_logging
-from kappaflow.stages.register import register_stage
+from kappaflow.stages.register import main
 
 if __name__ == "__main__":
-    setup_logging()
-    stage_main(register_stage)
+    main()

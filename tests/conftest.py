@@ -1,11 +1,20 @@
-"""Shared fixtures: real-data root, isolated MLflow store, quiet telemetry."""
+"""Shared fixtures: real-data root, isolated MLflow stores, quiet telemetry.
+
+The testkit folders (``tests/training``, ``tests/registry``, ``tests/sweep``) are on ``sys.path``
+through pytest's ``pythonpath`` option (pyproject.toml): their ``*_testkit`` modules are imported
+by name.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+#: Crystal fixtures shared by tests/structure and tests/graphs.
+pytest_plugins = ["crystal_fixtures"]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -27,6 +36,30 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite MLflow store for one test, exported as ``MLFLOW_TRACKING_URI``."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def _migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with the schema migrations applied (done once: ~2-7 s)."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture()
+def mlflow_db(_migrated_mlflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh per-test SQLite store (copy of the migrated template) as ``MLFLOW_TRACKING_URI``.
+
+    ``KAPPAFLOW_SWEEP_STORAGE`` is cleared, so sweeps use the storage a test names.
+    """
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_migrated_mlflow_db, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("KAPPAFLOW_SWEEP_STORAGE", raising=False)
     return uri
 
 

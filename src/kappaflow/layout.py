@@ -106,7 +106,9 @@ def load_prepared(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """
     path = Path(out_dir) / VALID_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no prepared table at {path}; run `dvc repro prepare` first")
+        raise FileNotFoundError(
+            f"no prepared table at {path}; run prepare first (`dvc repro prepare`)"
+        )
     return pd.read_parquet(path)
 
 

@@ -114,7 +114,7 @@ def permute_sites(s: Structure, seed: int = 0) -> Structure:
 
 def load_model_cfg(name: str) -> DictConfig:
     """The committed model card ``conf/models/<name>.yaml``."""
-    return OmegaConf.load(project_root() / "conf" / "model" / f"{name}.yaml")
+    return OmegaConf.load(project_root() / "conf" / "models" / f"{name}.yaml")
 
 
 def random_targets(n: int, t: int, seed: int = 123) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Tiny κ ensembles, crystals and a scratch project for the registry and screening tests.
 
-Imported by tests/registry/* and tests/screen/*: their conftest puts this folder on sys.path
-and re-exports the fixtures defined here.
+Imported by tests/registry/* and tests/screen/* (pyproject.toml's pytest ``pythonpath`` puts this
+folder on sys.path); their conftest re-exports the fixtures defined here.
 """
 
 from __future__ import annotations
@@ -185,16 +185,6 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session")
-def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite store with the schema migrations applied (once: ~2-7 s)."""
-    from mlflow.tracking import MlflowClient
-
-    db = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
-    return db
-
-
 def enter_project(root: Path, template: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Any]:
     """Make ``root`` a scratch project with its own MLflow store and chdir into it."""
     import shutil
@@ -210,7 +200,10 @@ def enter_project(root: Path, template: Path, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.fixture()
 def tiny_project(
-    tmp_path: Path, _mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, Any]:
-    """A scratch project (the cwd) with one tiny prepared κ set, its config, own MLflow store."""
-    return enter_project(tmp_path / "proj", _mlflow_template, monkeypatch)
+    """A scratch project (the cwd) with one tiny prepared κ set, its config, own MLflow store.
+
+    ``_migrated_mlflow_db`` (tests/conftest.py) is the store's migrated template.
+    """
+    return enter_project(tmp_path / "proj", _migrated_mlflow_db, monkeypatch)

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def champion_project(tmp_path_factory, _mlflow_template):
+def champion_project(tmp_path_factory, _migrated_mlflow_db):
     """One project with a registered champion for the module (cwd and store kept meanwhile)."""
     from omegaconf import OmegaConf
 
@@ -19,7 +19,7 @@ def champion_project(tmp_path_factory, _mlflow_template):
 
     tmp = tmp_path_factory.mktemp("cli")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        root, cfg = kit.enter_project(tmp / "proj", _mlflow_template, monkeypatch)
+        root, cfg = kit.enter_project(tmp / "proj", _migrated_mlflow_db, monkeypatch)
         kit.write_candidate(root, "finetune", "paraisite_d1", 0.3, n_members=3)
         register_stage(cfg)
         OmegaConf.save(cfg, root / "params.yaml")  # the CLI reads the project's params.yaml

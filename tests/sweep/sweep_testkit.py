@@ -7,6 +7,10 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
 
 LR = "transfer.strategies.finetune.trainer.optim.lr"
 MARKER_ENV = "KAPPAFLOW_TEST_MARKER"
@@ -49,6 +53,28 @@ def sweep_main(overrides: Sequence[str], storage: str, rank: int) -> None:
     from kappaflow.sweep.runner import run_sweep
 
     run_sweep(ConfigSource(tuple(overrides)), storage=storage, rank=rank, objective=quadratic)
+
+
+def sweep_study(name: str, url: str) -> optuna.Study:
+    """Load the study ``name`` from the storage ``url`` (any kind :func:`open_storage` takes)."""
+    import optuna
+
+    from kappaflow.sweep.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def trial_runs(uri: str, study: str) -> list:
+    """The MLflow trial runs (children of a sweep run) of ``study`` in the store at ``uri``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("kappaflow")
+    return [
+        r
+        for r in client.search_runs([exp.experiment_id], f"tags.`optuna.study` = '{study}'")
+        if "mlflow.parentRunId" in r.data.tags
+    ]
 
 
 def wait_for(path: Path, timeout_s: float = 90.0) -> str:

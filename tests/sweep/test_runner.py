@@ -5,46 +5,30 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
 import yaml
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
-from sweep_testkit import LR, quadratic, sweep_overrides
+from sweep_testkit import LR, quadratic, sweep_overrides, sweep_study, trial_runs
 
 from kappaflow.sweep.objective import ConfigSource
 from kappaflow.sweep.runner import run_sweep
-from kappaflow.sweep.storage import open_storage
-
-
-def _study(name: str, url: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(url))
-
-
-def _trial_runs(uri: str, study: str) -> list:
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("kappaflow")
-    return [
-        r
-        for r in client.search_runs([exp.experiment_id], f"tags.`optuna.study` = '{study}'")
-        if "mlflow.parentRunId" in r.data.tags
-    ]
 
 
 def test_resume_tops_the_study_up(tmp_path: Path, mlflow_db: str):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     first = run_sweep(ConfigSource(sweep_overrides("resume", 2)), storage=url, objective=quadratic)
     assert first.states == {"COMPLETE": 2}
-    trial0 = _study("resume", url).trials[0]
+    trial0 = sweep_study("resume", url).trials[0]
     assert trial0.user_attrs["baseline"] and trial0.params[LR] == 0.001  # the config's defaults
     again = run_sweep(ConfigSource(sweep_overrides("resume", 4)), storage=url, objective=quadratic)
-    trials = _study("resume", url).trials
+    trials = sweep_study("resume", url).trials
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert sum(w.states["COMPLETE"] for w in again.workers) == 2  # 2 new, 2 kept
     assert again.best_number == 0 and again.baseline_value == pytest.approx(0.0)
-    runs = _trial_runs(mlflow_db, "resume")
+    runs = trial_runs(mlflow_db, "resume")
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == [0, 1, 2, 3]
     assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1  # one parent per study
     assert {r.data.tags["optuna.state"] for r in runs} == {"COMPLETE"}
@@ -56,7 +40,7 @@ def test_seeded_tpe_reproduces_its_first_suggestions(tmp_path: Path, mlflow_db: 
         url = f"sqlite:///{tmp_path / (name + '.db')}"
         extra = ("sweep.enqueue_defaults=false", f"sweep.seed={seed}", "tracking.enabled=false")
         run_sweep(ConfigSource(sweep_overrides(name, 4, *extra)), storage=url, objective=quadratic)
-        return [t.params[LR] for t in _study(name, url).trials]
+        return [t.params[LR] for t in sweep_study(name, url).trials]
 
     first = params("seeded_a", 7)
     assert first == params("seeded_b", 7)

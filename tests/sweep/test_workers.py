@@ -8,33 +8,25 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-import mlflow
-import optuna
 import pytest
 from optuna.trial import TrialState
-from sweep_testkit import MARKER_ENV, quadratic, sleepy, sweep_main, sweep_overrides, wait_for
+from sweep_testkit import (
+    MARKER_ENV,
+    quadratic,
+    sleepy,
+    sweep_main,
+    sweep_overrides,
+    sweep_study,
+    trial_runs,
+    wait_for,
+)
 
 from kappaflow.sweep.objective import ConfigSource
 from kappaflow.sweep.runner import _worker_process, prepare_study, run_worker
 from kappaflow.sweep.settings import SweepSettings
-from kappaflow.sweep.storage import open_storage
 from kappaflow.sweep.tracking import SweepTracker
 
 pytestmark = pytest.mark.slow
-
-
-def _study(name: str, url: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(url))
-
-
-def _trial_runs(uri: str, study: str) -> list:
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("kappaflow")
-    return [
-        r
-        for r in client.search_runs([exp.experiment_id], f"tags.`optuna.study` = '{study}'")
-        if "mlflow.parentRunId" in r.data.tags
-    ]
 
 
 def test_two_machines_split_the_trials_exactly(tmp_path: Path, mlflow_db: str):
@@ -50,12 +42,12 @@ def test_two_machines_split_the_trials_exactly(tmp_path: Path, mlflow_db: str):
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
-    trials = _study("team", url).trials
+    trials = sweep_study("team", url).trials
     assert [t.number for t in trials] == list(range(6))
     assert all(t.state == TrialState.COMPLETE for t in trials)
     ranks = {t.user_attrs["worker"]["rank"] for t in trials}
     assert ranks <= {0, 10}
-    runs = _trial_runs(mlflow_db, "team")
+    runs = trial_runs(mlflow_db, "team")
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == list(range(6))
 
 
@@ -74,7 +66,7 @@ def _killed_worker(tmp_path, monkeypatch, url, study, local):
     killed = int(wait_for(marker))
     proc.kill()  # SIGKILL mid-trial: no cleanup, no tell
     proc.join()
-    assert _study(study, url).trials[killed].state == TrialState.RUNNING
+    assert sweep_study(study, url).trials[killed].state == TrialState.RUNNING
     return source, killed
 
 
@@ -83,14 +75,14 @@ def test_killed_worker_trial_fails_after_the_heartbeat_grace(tmp_path, monkeypat
     source, killed = _killed_worker(tmp_path, monkeypatch, url, "killed", local=False)
     # heartbeat only (as if the dead worker were on another machine): fails it after grace_s
     report = run_worker(source, storage=url, rank=1, objective=quadratic, local=False)
-    trials = _study("killed", url).trials
+    trials = sweep_study("killed", url).trials
     assert trials[killed].state == TrialState.FAIL
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params == trials[killed].params  # re-queued with the same parameters
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2 and len(trials) == 3 and report.states["COMPLETE"] == 2
-    runs = {int(r.data.tags["optuna.trial_number"]): r for r in _trial_runs(mlflow_db, "killed")}
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in trial_runs(mlflow_db, "killed")}
     assert runs[killed].info.status == "FAILED" and runs[killed].data.tags["optuna.state"] == "FAIL"
 
 
@@ -98,7 +90,7 @@ def test_killed_worker_on_a_journal_is_failed_by_pid(tmp_path, monkeypatch, mlfl
     url = f"journal:{tmp_path / 'optuna.journal'}"
     source, killed = _killed_worker(tmp_path, monkeypatch, url, "journal_killed", local=True)
     run_worker(source, storage=url, rank=1, objective=quadratic)
-    trials = _study("journal_killed", url).trials
+    trials = sweep_study("journal_killed", url).trials
     assert trials[killed].state == TrialState.FAIL
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
 
@@ -112,4 +104,4 @@ def test_workers_option_spawns_local_processes(tmp_path: Path, mlflow_db: str):
     )
     assert report.states == {"COMPLETE": 4} and len(report.workers) == 2
     assert sum(sum(w.states.values()) for w in report.workers) == 4
-    assert [t.number for t in _study("local2", url).trials] == [0, 1, 2, 3]
+    assert [t.number for t in sweep_study("local2", url).trials] == [0, 1, 2, 3]

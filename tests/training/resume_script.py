@@ -15,11 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import kappa_testkit as kt  # the script's folder is sys.path[0]
 import lightning as L
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kappa_testkit as kt  # noqa: E402
 
 
 class KillAt(L.Callback):

@@ -262,7 +262,7 @@ def test_config_files(name: str) -> None:
     assert path.read_text().startswith("#")
     cfg = load_strategy(name)
     assert strategy_name(cfg) == name
-    assert (project_root() / "conf" / "model" / f"{cfg.model}.yaml").is_file()
+    assert (project_root() / "conf" / "models" / f"{cfg.model}.yaml").is_file()
     assert (cfg.pretrained is None) == (name == "scratch")
 
 

@@ -21,17 +21,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kappaflow.cli.args import add_command, add_model_uri
+
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``predict`` and ``screen`` subcommands to the ``kappaflow`` parser."""
-    p = subparsers.add_parser(
-        "predict",
-        help="κ ± σ of CIF/POSCAR files with the champion model",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        subparsers, "predict", "κ ± σ of CIF/POSCAR files with the champion model", __doc__
     )
     p.add_argument("files", nargs="+", help="CIF or POSCAR/CONTCAR/*.vasp files")
-    p.add_argument("--model-uri", help="MLflow model URI (default: models:/<name>@champion)")
+    add_model_uri(p)
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.set_defaults(func=predict_command)
@@ -46,7 +45,7 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument(
         "--only-dirs", action="store_true", help="score only --dir files, not the datasets"
     )
-    s.add_argument("--model-uri", help="MLflow model URI (default: models:/<name>@champion)")
+    add_model_uri(s)
     s.add_argument("overrides", nargs="*", help="params.yaml overrides, e.g. screen.top_n=50")
     s.set_defaults(func=screen_command)
 

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from kappaflow.cli.args import add_command
+
 #: Shorthand keys -> where they go (``None``: runtime only, not a config key).
 SHORTHANDS = {
     "n_trials": "sweep.n_trials",
@@ -34,11 +36,11 @@ SHORTHANDS = {
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``sweep`` subcommand to the ``kappaflow`` parser."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "sweep",
-        help="hyperparameter sweep (Optuna TPE + pruning, MLflow run per trial)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "hyperparameter sweep (Optuna TPE + pruning, MLflow run per trial)",
+        __doc__,
     )
     p.add_argument("args", nargs="*", help="sweep=<space> n_trials=N storage=URL ... overrides")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -22,13 +22,13 @@ Input tables are prepared tables (``valid.parquet``) or raw tables with at least
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
 from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
+
+from kappaflow.data.validation import reduced_formula
 
 Level = Literal["formula", "formula+spacegroup"]
 LEVELS: tuple[str, ...] = get_args(Level)
@@ -43,15 +43,6 @@ def _check_level(level: str) -> None:
         raise ValueError(f"unknown leakage level {level!r}; expected one of {LEVELS}")
 
 
-@lru_cache(maxsize=500_000)
-def _reduced(formula: str) -> str:
-    from pymatgen.core import Composition
-
-    with warnings.catch_warnings():  # noble gases: "No Pauling electronegativity for He"
-        warnings.filterwarnings("ignore", "No Pauling electronegativity", UserWarning)
-        return Composition(formula).reduced_formula
-
-
 def normalize_formula(formula: object) -> str:
     """Return the pymatgen reduced formula of ``formula`` (e.g. ``"Pb2Te2"`` -> ``"TePb"``).
 
@@ -59,7 +50,7 @@ def normalize_formula(formula: object) -> str:
         formula: a chemical formula string.
 
     Returns:
-        ``Composition(formula).reduced_formula`` (cached).
+        :func:`kappaflow.data.validation.reduced_formula` of it (cached).
 
     Raises:
         ValueError: for a missing value or an unparsable formula. A float NaN usually means the
@@ -73,10 +64,7 @@ def normalize_formula(formula: object) -> str:
                 "with pandas.read_csv(..., keep_default_na=False)"
             )
         raise ValueError(f"formula must be a string, got {type(formula).__name__}: {formula!r}")
-    try:
-        return _reduced(formula)
-    except Exception as exc:  # pymatgen raises several exception types for bad formulas
-        raise ValueError(f"cannot parse formula {formula!r}: {exc}") from exc
+    return reduced_formula(formula)
 
 
 def _normalize_spacegroup(spacegroup: object) -> int:

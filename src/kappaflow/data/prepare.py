@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from kappaflow.cards import DatasetSpec
 from kappaflow.data.validation import Reason, ValidationOptions, ValidRecord, validate_row
+from kappaflow.io_utils import atomic_write
 from kappaflow.layout import QUARANTINE_FILE, REPORT_FILE, VALID_FILE
 from kappaflow.structure.crystal import CrystalArrays
 
@@ -163,17 +164,6 @@ def _start_method() -> str:
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then move the file into place with ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _list_array(flat: list[np.ndarray], dtype: pa.DataType, valid: np.ndarray) -> pa.Array:
@@ -303,9 +293,9 @@ def prepare_dataset(
     reasons = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     table = _valid_table(spec, good, opts)
-    _atomic_write(out / VALID_FILE, lambda p: pq.write_table(table, p))
+    atomic_write(out / VALID_FILE, lambda p: pq.write_table(table, p))
     quarantine = pd.DataFrame(bad, columns=list(QUARANTINE_COLUMNS))
-    _atomic_write(out / QUARANTINE_FILE, lambda p: quarantine.to_csv(p, index=False))
+    atomic_write(out / QUARANTINE_FILE, lambda p: quarantine.to_csv(p, index=False))
     report = PrepareReport(
         dataset=spec.name,
         n_input=n_input,
@@ -315,7 +305,7 @@ def prepare_dataset(
         seconds=time.perf_counter() - t0,
         out_dir=out,
     )
-    _atomic_write(
+    atomic_write(
         out / REPORT_FILE,
         lambda p: p.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8"),
     )

@@ -15,7 +15,6 @@ On disk a split is a long table ``id, repeat, fold, role`` (parquet or CSV), one
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
+
+from kappaflow.io_utils import atomic_write
 
 TRAIN, VAL, TEST, EXCLUDED = "train", "val", "test", "excluded"
 ROLES: tuple[str, ...] = (TRAIN, VAL, TEST, EXCLUDED)
@@ -331,23 +332,17 @@ def save_splits(
         The written path.
     """
     table = splits_table(ids, labels, folds)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    name = out.name
+    name = Path(path).name
     if not (name.endswith(".parquet") or name.endswith(".csv") or name.endswith(".csv.gz")):
         raise ValueError(f"unsupported split file type {name!r}; use .parquet, .csv or .csv.gz")
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         if name.endswith(".parquet"):
             table.to_parquet(tmp, index=False)
         else:
             table.to_csv(tmp, index=False, compression="gzip" if name.endswith(".gz") else None)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+
+    return atomic_write(path, write)
 
 
 def load_splits(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -173,8 +173,8 @@ def _is_missing(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower() in MISSING_TOKENS
 
 
-@lru_cache(maxsize=1 << 16)
-def _reduced_formula_cached(formula: str) -> tuple[bool, str]:
+def _reduce_composition(formula: str | Mapping[str, Any]) -> tuple[bool, str]:
+    """Parse and reduce ``formula``: ``(True, reduced)`` or ``(False, why)``; never raise."""
     from pymatgen.core import Composition, Element
 
     try:
@@ -196,13 +196,36 @@ def _reduced_formula_cached(formula: str) -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}"
 
 
-def reduced_formula(formula: str) -> str:
-    """Return the pymatgen reduced formula of a formula string (cached).
+@lru_cache(maxsize=500_000)
+def _reduced_formula_cached(formula: str) -> tuple[bool, str]:
+    return _reduce_composition(formula)
+
+
+def reduced_formula(formula: str | Mapping[str, Any]) -> str:
+    """Return the pymatgen reduced formula of a formula (e.g. ``"Pb2Te2"`` -> ``"TePb"``).
+
+    The one formula parser of the project (validation, leakage keys, downloaders).
+
+    Args:
+        formula: a formula string (surrounding blanks ignored; cached) or a composition mapping
+            ``{element: amount}`` (keys starting with ``@``, monty metadata, are ignored).
+
+    Returns:
+        The reduced formula.
 
     Raises:
-        ValueError: the formula cannot be parsed (or has no atoms).
+        ValueError: on any failure: not a string or mapping, unparsable, no atoms, a
+            non-positive amount or a species that is not a chemical element. Callers that want
+            a fallback instead (downloaders: ``""``) catch it where they call.
     """
-    ok, value = _reduced_formula_cached(formula.strip())
+    if isinstance(formula, str):
+        ok, value = _reduced_formula_cached(formula.strip())
+    elif isinstance(formula, Mapping):
+        ok, value = _reduce_composition(
+            {k: v for k, v in formula.items() if not str(k).startswith("@")}
+        )
+    else:
+        ok, value = False, f"expected a formula string or mapping, got {type(formula).__name__}"
     if not ok:
         raise ValueError(f"cannot parse formula {formula!r}: {value}")
     return value

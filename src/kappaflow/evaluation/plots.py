@@ -1,15 +1,15 @@
 """Report figures: parity, learning curves, strategy comparison and training-size study.
 
 Figures are drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot global
-state, no display needed). Every function writes its file atomically (temporary file in the same
-directory, then ``os.replace``), creating parent directories, and returns the written path. The
-format follows the path suffix (``.png``, ``.pdf``, ``.svg``).
+state, no display needed). Every function writes its file atomically
+(:func:`kappaflow.io_utils.atomic_write`: temporary file in the same directory, then
+``os.replace``), creating parent directories, and returns the written path. The format follows
+the path suffix (``.png``, ``.pdf``, ``.svg``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
 from kappaflow.evaluation.metrics import basic_metrics, regression_metrics
+from kappaflow.io_utils import atomic_write
 
 PathLike = str | os.PathLike[str]
 
@@ -36,16 +37,7 @@ def _save(fig: Figure, path: PathLike, dpi: int = 150) -> Path:
     fmt = out.suffix.lstrip(".").lower()
     if not fmt:
         raise ValueError(f"figure path {out} has no suffix to pick the format from")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
 
 
 def parity_plot(

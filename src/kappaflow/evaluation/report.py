@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from kappaflow.io_utils import write_text
 
 PathLike = str | os.PathLike[str]
 
@@ -148,7 +149,7 @@ def published_table(published: Mapping[str, Any] | None, name: str = "ParAIsite"
 
 
 def write_report(path: PathLike, *sections: str, title: str | None = None) -> Path:
-    """Write a markdown report atomically (temporary file + ``os.replace``).
+    """Write a markdown report atomically (:func:`kappaflow.io_utils.write_text`).
 
     Args:
         path: target file, e.g. ``reports/transfer.md``; parent directories are created.
@@ -158,16 +159,5 @@ def write_report(path: PathLike, *sections: str, title: str | None = None) -> Pa
     Returns:
         The written path.
     """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     blocks = ([f"# {title}"] if title else []) + [s.strip("\n") for s in sections]
-    text = "\n\n".join(blocks) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return write_text(path, "\n\n".join(blocks) + "\n")

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +34,7 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
+from kappaflow.io_utils import atomic_write
 from kappaflow.structure.neighbors import periodic_neighbors
 
 FORMAT_VERSION = 1
@@ -142,18 +141,6 @@ def _mp_context() -> mp.context.BaseContext:
     return mp.get_context(method)
 
 
-def _atomic_torch_save(obj: Any, out_path: Path) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_graph_cache(
     parquet_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -169,7 +156,7 @@ def build_graph_cache(
     Args:
         parquet_path: prepared dataset (``id``, ``lattice``, ``numbers``, ``frac_coords`` and the
             target columns; see CONTRACT.md).
-        out_path: output ``.pt`` file; written atomically (temp file + ``os.replace``).
+        out_path: output ``.pt`` file; written atomically (:func:`kappaflow.io_utils.atomic_write`).
         cutoff: neighbour radius, Å.
         max_neighbors: neighbours kept per atom, nearest first (None: all within ``cutoff``).
         target_names: parquet columns stored, in this order, as ``y`` [N, T] (raw units).
@@ -233,8 +220,7 @@ def build_graph_cache(
             "n_isolated_atoms": n_isolated,
         },
     }
-    out = Path(out_path)
-    _atomic_torch_save(cache, out)
+    out = atomic_write(out_path, lambda tmp: torch.save(cache, tmp))
     return {
         "n_graphs": n,
         "n_nodes": int(node_ptr[-1]),

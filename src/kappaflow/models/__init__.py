@@ -1,6 +1,6 @@
 """Crystal property models split into a transferable encoder and a task head."""
 
-from kappaflow.models.base import Encoder, KappaModel
+from kappaflow.models.base import Encoder, GraphMismatchError, InputKind, KappaModel
 from kappaflow.models.cgcnn import CGCNNEncoder, build_cgcnn
 from kappaflow.models.descriptor_mlp import (
     CompositionBatch,
@@ -8,7 +8,13 @@ from kappaflow.models.descriptor_mlp import (
     build_descriptor_mlp,
     composition_data,
 )
-from kappaflow.models.factory import build_model, model_names
+from kappaflow.models.factory import (
+    build_model,
+    check_graph_settings,
+    encoder_class,
+    input_kind,
+    model_names,
+)
 from kappaflow.models.heads import MLPHead
 from kappaflow.models.megnet import MEGNetBlock, MEGNetEncoder, build_megnet
 
@@ -17,6 +23,8 @@ __all__ = [
     "CompositionBatch",
     "DescriptorMLPEncoder",
     "Encoder",
+    "GraphMismatchError",
+    "InputKind",
     "KappaModel",
     "MEGNetBlock",
     "MEGNetEncoder",
@@ -25,6 +33,9 @@ __all__ = [
     "build_descriptor_mlp",
     "build_megnet",
     "build_model",
+    "check_graph_settings",
     "composition_data",
+    "encoder_class",
+    "input_kind",
     "model_names",
 ]

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from kappaflow.models.heads import MLPHead
+
+#: What an encoder reads: a crystal graph (from a graph cache) or a composition vector.
+InputKind = Literal["graph", "composition"]
+
+#: Command that rebuilds the graph caches (``data/graphs/<dataset>.pt``).
+REBUILD_GRAPHS = "dvc repro featurize"
+
+
+class GraphMismatchError(ValueError):
+    """A graph cache (or graph settings) built differently from what the model card needs."""
 
 
 def graph_index(batch: Any) -> tuple[torch.Tensor, int]:
@@ -39,11 +49,79 @@ class Encoder(nn.Module):
       embedding (pooling, dense layers); ``nn.Identity()`` if none.
 
     Everything else (input embeddings, distance expansions, pre-block dense layers) is "stem".
+
+    Each encoder class also owns what it reads (class attributes, no instance needed; the
+    factory resolves a model card's ``name`` to its encoder class):
+
+    * ``input_kind`` -- ``"graph"`` (crystal graphs of a graph cache) or ``"composition"``;
+    * ``filters_edges`` -- graph encoders only: True if the encoder drops edges longer than its
+      own ``cutoff`` (a cache built with a larger cutoff is fine, e.g. MEGNet), False if it uses
+      every edge of the graph (the cache cutoff must equal the card's, e.g. CGCNN).
+
+    :meth:`check_graph_settings` applies that rule to a cache's ``meta``.
     """
+
+    input_kind: ClassVar[InputKind] = "graph"
+    filters_edges: ClassVar[bool] = False
 
     embed_dim: int
     blocks: nn.ModuleList
     readout: nn.Module
+
+    @classmethod
+    def check_graph_settings(
+        cls,
+        model_cutoff: float | None,
+        model_max_neighbors: int | None,
+        graph_cutoff: float | None,
+        graph_max_neighbors: int | None,
+        *,
+        model: str = "",
+        source: str = "the graph cache",
+    ) -> None:
+        """Check that graphs built with ``graph_*`` settings suit a card with ``model_*`` ones.
+
+        ``max_neighbors`` must be equal; the graph cutoff must equal the card's cutoff, or be at
+        least it for encoders that filter edges themselves (``filters_edges``).
+
+        Args:
+            model_cutoff: the model card's ``cutoff``, Å.
+            model_max_neighbors: the model card's ``max_neighbors``.
+            graph_cutoff: the graphs' cutoff (a cache's ``meta["cutoff"]``), Å.
+            graph_max_neighbors: the graphs' ``max_neighbors`` (a cache's ``meta``).
+            model: model name, for the message.
+            source: what the graphs are (e.g. the cache path), for the message.
+
+        Raises:
+            GraphMismatchError: the settings do not fit (names both values and the rebuild
+                command).
+        """
+        if cls.input_kind != "graph":
+            return
+        who = f"model {model!r}" if model else f"{cls.__name__}"
+        hint = f"; rebuild the graph caches with `{REBUILD_GRAPHS}` (conf/graphs reads the card)"
+        if model_max_neighbors != graph_max_neighbors:
+            raise GraphMismatchError(
+                f"{source} was built with max_neighbors={graph_max_neighbors!r} but {who} needs "
+                f"max_neighbors={model_max_neighbors!r}{hint}"
+            )
+        if model_cutoff is None or graph_cutoff is None:
+            raise GraphMismatchError(
+                f"{source} has cutoff={graph_cutoff!r}, {who} has cutoff={model_cutoff!r}: "
+                f"a graph model needs both{hint}"
+            )
+        g, m = float(graph_cutoff), float(model_cutoff)
+        if cls.filters_edges:
+            if g < m:
+                raise GraphMismatchError(
+                    f"{source} was built with cutoff={g} Å but {who} needs cutoff >= {m} Å "
+                    f"(it keeps the edges within its own cutoff){hint}"
+                )
+        elif g != m:
+            raise GraphMismatchError(
+                f"{source} was built with cutoff={g} Å but {who} needs cutoff={m} Å "
+                f"(it uses every edge of the graph){hint}"
+            )
 
     def forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
         """Return the per-graph embedding ``[B, embed_dim]``."""

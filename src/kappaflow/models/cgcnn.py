@@ -44,6 +44,11 @@ class CGCNNEncoder(Encoder):
         element_features: ``kind`` for :func:`~kappaflow.structure.elements.element_feature_table`.
     """
 
+    #: Every edge of the graph enters the convolutions (and ``cutoff`` ends the Gaussian grid):
+    #: the graph cache must be built with exactly the card's cutoff.
+    input_kind = "graph"
+    filters_edges = False
+
     def __init__(
         self,
         atom_fea_len: int = 64,

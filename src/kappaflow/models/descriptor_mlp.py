@@ -81,6 +81,9 @@ class DescriptorMLPEncoder(Encoder):
         dropout: dropout probability after each activation.
     """
 
+    #: Reads a descriptor vector (``Data.comp``), no graph: the card's ``cutoff`` is null.
+    input_kind = "composition"
+
     def __init__(
         self,
         in_dim: int,

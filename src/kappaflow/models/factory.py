@@ -8,10 +8,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kappaflow.features.composition import n_magpie_features
-from kappaflow.models.base import KappaModel
-from kappaflow.models.cgcnn import build_cgcnn
-from kappaflow.models.descriptor_mlp import build_descriptor_mlp
-from kappaflow.models.megnet import build_megnet
+from kappaflow.models.base import Encoder, InputKind, KappaModel
+from kappaflow.models.cgcnn import CGCNNEncoder, build_cgcnn
+from kappaflow.models.descriptor_mlp import DescriptorMLPEncoder, build_descriptor_mlp
+from kappaflow.models.megnet import MEGNetEncoder, build_megnet
 
 #: Config keys that describe the model or its input graphs but are not constructor arguments.
 METADATA_KEYS = frozenset(
@@ -25,9 +25,68 @@ _BUILDERS: dict[str, Callable[..., KappaModel]] = {
 }
 
 
+#: Encoder class of each model name: owns ``input_kind`` and the graph-settings rule.
+_ENCODERS: dict[str, type[Encoder]] = {
+    "cgcnn": CGCNNEncoder,
+    "megnet": MEGNetEncoder,
+    "descriptor_mlp": DescriptorMLPEncoder,
+}
+
+
 def model_names() -> list[str]:
     """Names accepted as ``model_cfg.name``."""
     return sorted(_BUILDERS)
+
+
+def _card_get(model_cfg: DictConfig | Mapping[str, Any] | str, key: str) -> Any:
+    if isinstance(model_cfg, str):
+        return model_cfg if key == "name" else None
+    return model_cfg.get(key)
+
+
+def encoder_class(model_cfg: DictConfig | Mapping[str, Any] | str) -> type[Encoder]:
+    """Return the encoder class of a model card (or of a model name).
+
+    Raises:
+        ValueError: unknown model name.
+    """
+    name = _card_get(model_cfg, "name")
+    if name not in _ENCODERS:
+        raise ValueError(f"unknown model name {name!r}; choose from {model_names()}")
+    return _ENCODERS[name]
+
+
+def input_kind(model_cfg: DictConfig | Mapping[str, Any] | str) -> InputKind:
+    """``"graph"`` or ``"composition"``: what the model of this card (or name) reads.
+
+    Owned by the encoder class (``Encoder.input_kind``), not inferred from the card's keys.
+    """
+    return encoder_class(model_cfg).input_kind
+
+
+def check_graph_settings(
+    model_cfg: DictConfig | Mapping[str, Any],
+    graph_meta: Mapping[str, Any],
+    source: str = "the graph cache",
+) -> None:
+    """Check graphs built with ``graph_meta`` (``cutoff``, ``max_neighbors``) against a card.
+
+    The rule is the encoder's (:meth:`Encoder.check_graph_settings`): equal ``max_neighbors``;
+    cache cutoff equal to the card's (CGCNN) or at least it (MEGNet filters edges itself).
+    Composition models pass.
+
+    Raises:
+        GraphMismatchError: on a mismatch, naming both values and `dvc repro featurize`.
+    """
+    cls = encoder_class(model_cfg)
+    cls.check_graph_settings(
+        _card_get(model_cfg, "cutoff"),
+        _card_get(model_cfg, "max_neighbors"),
+        graph_meta.get("cutoff"),
+        graph_meta.get("max_neighbors"),
+        model=str(_card_get(model_cfg, "name")),
+        source=source,
+    )
 
 
 def _descriptor_in_dim(cfg: Mapping[str, Any]) -> int:
@@ -69,9 +128,9 @@ def build_model(model_cfg: DictConfig | Mapping[str, Any], n_targets: int) -> Ka
     if name not in _BUILDERS:
         raise ValueError(f"unknown model name {name!r}; choose from {model_names()}")
     kwargs = {k: v for k, v in cfg.items() if k not in METADATA_KEYS}
+    if input_kind(name) == "composition" and kwargs.pop("cutoff", None) is not None:
+        raise ValueError(f"{name} uses no graph: its cutoff must be null")
     if name == "descriptor_mlp":
-        if kwargs.pop("cutoff", None) is not None:
-            raise ValueError("descriptor_mlp uses no graph: its cutoff must be null")
         kwargs["in_dim"] = _descriptor_in_dim(cfg)
     try:
         return _BUILDERS[name](n_targets=n_targets, **kwargs)

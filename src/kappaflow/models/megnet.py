@@ -197,6 +197,11 @@ class MEGNetEncoder(Encoder):
         dropout: dropout on block outputs.
     """
 
+    #: Edges longer than ``cutoff`` are dropped in :meth:`forward`: the shared graph cache may be
+    #: built with a larger cutoff (conf/graphs: CGCNN's 8 Å), never a smaller one.
+    input_kind = "graph"
+    filters_edges = True
+
     def __init__(
         self,
         atom_embedding_dim: int = 16,

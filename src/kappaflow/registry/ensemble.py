@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch, Data
 
+from kappaflow.models.factory import check_graph_settings, input_kind
 from kappaflow.structure.crystal import CrystalArrays
 from kappaflow.training.target_transform import TargetTransform
 
@@ -82,12 +83,15 @@ class KappaEnsemble:
     Args:
         members: the models (``KappaModel``), in eval mode.
         transforms: their target transforms (one ``log10`` target each).
-        model_cfg: the shared model card (plain dict; ``cutoff: null`` means composition input).
-        graph: graph settings for graph members.
+        model_cfg: the shared model card (plain dict; its ``name`` gives the input kind,
+            :func:`kappaflow.models.input_kind`).
+        graph: graph settings for graph members (checked against the card with
+            :func:`kappaflow.models.check_graph_settings`).
         device: where inference runs (``"auto"``: CUDA when available).
 
     Raises:
         ValueError: no member, or a member whose single target is not log10-transformed.
+        GraphMismatchError: ``graph`` does not fit the card (graph members only).
     """
 
     def __init__(
@@ -112,7 +116,10 @@ class KappaEnsemble:
         self.transforms = [t.to(self.device) for t in transforms]
         self.model_cfg = dict(model_cfg)
         self.graph = graph
-        self.input_kind = "composition" if self.model_cfg.get("cutoff") is None else "graph"
+        self.input_kind = input_kind(self.model_cfg)
+        check_graph_settings(
+            self.model_cfg, graph.to_dict(), source="the ensemble's graph settings"
+        )
 
     @classmethod
     def from_files(

@@ -1,14 +1,22 @@
-"""MLflow runs of the data stages (``ingest``, ``prepare``, ``featurize``): counts, reports."""
+"""Helpers shared by the stage modules.
+
+The command-line runner of every stage (:func:`run_stage`), the MLflow runs of the data stages
+(``ingest``, ``prepare``, ``featurize``) and the epilogue of the study stages (``evaluate``,
+``extrapolate``, ``pretrain_size``: :func:`finish_study`).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from kappaflow.config import stage_main
+from kappaflow.io_utils import write_json
+from kappaflow.logging_utils import setup_logging
 from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset, start_stage_run
 
 log = logging.getLogger(__name__)
@@ -60,3 +68,62 @@ def log_data_stage(
             for name in ("report.json", "quarantine.csv"):
                 if (out_dir / name).is_file():
                     log_artifact(out_dir / name, "data")
+
+
+def finish_study(
+    run: Any,
+    report: Path,
+    metrics_path: Path,
+    metrics: Mapping[str, Any],
+    artifacts: Iterable[Path],
+    artifact_dir: str,
+    mlflow_metrics: Iterable[tuple[Mapping[str, float], int | None]] = (),
+) -> Path:
+    """Write a study stage's metrics JSON, then log it and its report to the stage's MLflow run.
+
+    The stage writes the report itself (:func:`kappaflow.evaluation.report.write_report`): this
+    module, imported by every stage, stays free of ``evaluation/`` (a dvc.yaml dep of the study
+    stages only).
+
+    Args:
+        run: the stage's active run (:func:`~kappaflow.tracking.start_stage_run`); None: only
+            the metrics file is written.
+        report: the written markdown report.
+        metrics_path: metrics JSON for DVC (:func:`~kappaflow.io_utils.write_json`).
+        metrics: its content.
+        artifacts: further files logged after the report and the metrics (e.g. the plots).
+        artifact_dir: artifact folder of them all in the run.
+        mlflow_metrics: ``(metrics, step)`` batches logged to the run (``mlflow.log_metrics``)
+            before the artifacts; read only when ``run`` is not None.
+
+    Returns:
+        The report path.
+    """
+    write_json(metrics_path, metrics)
+    if run is not None:
+        import mlflow
+
+        for batch, step in mlflow_metrics:
+            mlflow.log_metrics(dict(batch), step=step)
+        for f in (report, metrics_path, *artifacts):
+            log_artifact(f, artifact_dir)
+    return report
+
+
+def run_stage(fn: Callable[..., Any], argv: Sequence[str] | None = None) -> Any:
+    """Run a stage function as a command-line entry point (``pipelines/<stage>.py``).
+
+    Configures logging, loads ``params.yaml`` with the command line's ``key=value`` overrides
+    and calls ``fn(cfg, *positional)`` (:func:`kappaflow.config.stage_main`).
+
+    Args:
+        fn: the stage function, e.g. :func:`kappaflow.stages.featurize.featurize_stage`.
+        argv: command-line words; ``sys.argv[1:]`` when None. Plain words are ``fn``'s positional
+            arguments (e.g. the dataset of a DVC foreach item), ``key=value`` words override
+            ``params.yaml``.
+
+    Returns:
+        What ``fn`` returns.
+    """
+    setup_logging()
+    return stage_main(fn, argv)

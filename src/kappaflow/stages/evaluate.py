@@ -29,10 +29,9 @@ from kappaflow.evaluation.protocol import (
     protocol_settings,
 )
 from kappaflow.evaluation.report import published_table, transfer_table, write_report
-from kappaflow.io_utils import write_json
 from kappaflow.layout import kappa_table, project_root
+from kappaflow.stages.common import finish_study
 from kappaflow.tracking import start_stage_run
-from kappaflow.tracking.runs import log_artifact
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +112,19 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
         "## Published numbers (context only)",
         published_table((published or {}).get("paraisite")),
     ]
-    report = write_report(root / str(ev.report), *sections, title="kappaflow transfer report")
     metrics = {
         f"{r['strategy']}/{r['train_set']}": {k: r[k] for k in r if k.endswith(("_mean", "_std"))}
         for r in rows
     }
-    write_json(root / cfg.paths.metrics_dir / "transfer.json", metrics)
     with start_stage_run(cfg, "evaluate", run_name="evaluate", dvc_stage="evaluate") as run:
-        if run is not None:
-            for f in (
-                report,
-                root / cfg.paths.metrics_dir / "transfer.json",
-                *sorted(plots.glob("*.png")),
-            ):
-                log_artifact(f, "report")
+        report = finish_study(
+            run,
+            write_report(root / str(ev.report), *sections, title="kappaflow transfer report"),
+            root / cfg.paths.metrics_dir / "transfer.json",
+            metrics,
+            sorted(plots.glob("*.png")),
+            "report",
+        )
     log.info("evaluate: %d result rows, report %s", len(rows), report)
     return metrics
 
@@ -178,3 +176,15 @@ def _other_targets(cfg: DictConfig, root: Any) -> str:
 
 def _markdown_list(items: list[str]) -> str:
     return "\n".join(f"- {item}" for item in items)
+
+
+def main() -> None:
+    """Run the DVC stage ``evaluate`` from the command line: ``pipelines/evaluate.py``.
+
+    Usage: ``python pipelines/evaluate.py [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`evaluate_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(evaluate_stage)

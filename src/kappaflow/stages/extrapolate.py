@@ -28,10 +28,9 @@ from kappaflow.evaluation.extrapolation import extrapolation_metrics, extrapolat
 from kappaflow.evaluation.plots import extrapolation_plot
 from kappaflow.evaluation.protocol import dataset_evaluation, magpie_rf_fit_predict
 from kappaflow.evaluation.report import write_report
-from kappaflow.io_utils import write_json
 from kappaflow.layout import kappa_table, project_root
+from kappaflow.stages.common import finish_study
 from kappaflow.tracking import start_stage_run
-from kappaflow.tracking.runs import log_artifact
 from kappaflow.transfer.fit_predict import build_fit_predict, fold_cache_dir, with_strategy
 
 log = logging.getLogger(__name__)
@@ -114,19 +113,35 @@ def extrapolate_stage(cfg: DictConfig) -> dict[str, Any]:
             "\n".join(lines),
             title="Extrapolation to high κ (Ju et al. 2021 protocol)",
         )
-        metrics_path = root / cfg.paths.metrics_dir / "extrapolation.json"
-        write_json(metrics_path, results)
-        if run is not None:
-            import mlflow
-
-            for key, m in results.items():
-                mlflow.log_metrics(
+        finish_study(
+            run,
+            report,
+            root / cfg.paths.metrics_dir / "extrapolation.json",
+            results,
+            sorted(plots.glob("*.png")),
+            "extrapolation",
+            mlflow_metrics=(
+                (
                     {
                         f"{key.replace('/', '.')}.{name.replace('@', '_at_')}": float(v)
                         for name, v in m.items()
                         if np.isfinite(v)
-                    }
+                    },
+                    None,
                 )
-            for f in (report, metrics_path, *sorted(plots.glob("*.png"))):
-                log_artifact(f, "extrapolation")
+                for key, m in results.items()
+            ),
+        )
     return results
+
+
+def main() -> None:
+    """Run the DVC stage ``extrapolate`` from the command line: ``pipelines/extrapolate.py``.
+
+    Usage: ``python pipelines/extrapolate.py [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`extrapolate_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(extrapolate_stage)

@@ -36,3 +36,15 @@ def featurize_stage(cfg: DictConfig, name: str) -> dict:
     )
     log_data_stage(cfg, "featurize", name, out.parent, summary)
     return summary
+
+
+def main() -> None:
+    """Run the DVC stage ``featurize`` from the command line: ``pipelines/featurize.py``.
+
+    Usage: ``python pipelines/featurize.py NAME [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`featurize_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(featurize_stage)

@@ -128,3 +128,15 @@ def _log_folds(result: Any) -> None:
                     if isinstance(v, int | float) and np.isfinite(v)
                 }
             )
+
+
+def main() -> None:
+    """Run the DVC stages ``finetune`` and ``finetune_other``: ``pipelines/finetune.py``.
+
+    Usage: ``python pipelines/finetune.py STRATEGY DATASET [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`finetune_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(finetune_stage)

@@ -29,3 +29,15 @@ def ingest_stage(cfg: DictConfig, name: str) -> Path:
     summary = {"n_rows": result.n_rows, "sha256": result.sha256, "source": result.source}
     log_data_stage(cfg, "ingest", name, dest.parent, summary)
     return dest
+
+
+def main() -> None:
+    """Run the DVC stage ``ingest`` from the command line: ``pipelines/ingest.py``.
+
+    Usage: ``python pipelines/ingest.py NAME [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`ingest_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(ingest_stage)

@@ -43,3 +43,15 @@ def leakage_stage(cfg: DictConfig) -> dict:
         log.info("leakage (%s): %d rows shared across datasets", level, len(table))
     write_json(out / "summary.json", summary, indent=1)
     return summary
+
+
+def main() -> None:
+    """Run the DVC stage ``leakage`` from the command line: ``pipelines/leakage.py``.
+
+    Usage: ``python pipelines/leakage.py [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`leakage_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(leakage_stage)

@@ -28,3 +28,15 @@ def prepare_stage(cfg: DictConfig, name: str) -> dict:
     summary = json.loads((out / REPORT_FILE).read_text())
     log_data_stage(cfg, "prepare", name, out, summary)
     return report if isinstance(report, dict) else summary
+
+
+def main() -> None:
+    """Run the DVC stage ``prepare`` from the command line: ``pipelines/prepare.py``.
+
+    Usage: ``python pipelines/prepare.py NAME [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`prepare_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(prepare_stage)

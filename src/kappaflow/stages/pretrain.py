@@ -211,23 +211,7 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
     prepared = interim_dir(cfg, spec.name) / "valid.parquet"
     table = load_prepared(interim_dir(cfg, spec.name))
     table = table.drop(columns=[c for c in ("lattice", "numbers", "frac_coords") if c in table])
-    # Rows must carry every target the run learns at least partially; a row with none is unused.
-    excluded = excluded_material_ids(cfg, table, str(cfg.pretrain.leakage_level), spec.name)
-    roles = pretrain_split(
-        table,
-        excluded,
-        float(cfg.pretrain.val_fraction),
-        float(cfg.pretrain.test_fraction),
-        run_fraction(cfg, run),
-        int(cfg.pretrain.split_seed),
-    )
-    no_label = table[targets].isna().all(axis=1).to_numpy()
-    roles = np.where(no_label & np.isin(roles, SPLIT_ROLES), "unlabeled", roles)
-    pd.DataFrame({"id": table["id"], "formula": table["formula"], "role": roles}).to_csv(
-        out_splits, index=False
-    )
-    idx = {r: np.flatnonzero(roles == r) for r in SPLIT_ROLES}
-    counts = {r: int((roles == r).sum()) for r in (*SPLIT_ROLES, "unused", "excluded", "unlabeled")}
+    idx, counts = _split_rows(cfg, run, table, targets, out_splits)
     log.info("pretrain %s on %s: %s", run, spec.name, counts)
 
     cache = graph_cache_path(cfg, spec.name) if input_kind(model_cfg) == "graph" else None
@@ -289,31 +273,8 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
             },
         )
 
-        # Plots: learning curve (DVC + PNG) and a parity plot per target on the test split.
-        hist_df = pd.DataFrame(history)
-        keep_cols = [c for c in ("epoch", "train/loss", "val/loss") if c in hist_df]
-        hist_df[keep_cols].rename(columns=lambda c: c.replace("/", "_")).to_csv(
-            out_plots / "history.csv", index=False
-        )
-        learning_curve_plot(
-            {k: hist_df[k].tolist() for k in ("train/loss", "val/loss") if k in hist_df},
-            out_plots / "learning_curve.png",
-            title=f"pretrain {run}",
-            ylabel="MSE (standardized)",
-        )
-        y_test = inputs.table[targets].to_numpy(dtype=np.float64)[idx["test"]]
-        for j, name in enumerate(targets):
-            ok = np.isfinite(y_test[:, j])
-            unit = spec.target(name).unit
-            parity_plot(
-                y_test[ok, j],
-                test_pred[ok, j],
-                out_plots / f"parity_{name}.png",
-                log=transforms[name] == "log10",
-                title=f"{run}: {name} (test)",
-                units=unit,
-                quantity=name,
-            )
+        test_true = inputs.table[targets].to_numpy(dtype=np.float64)[idx["test"]]
+        _write_plots(history, test_true, test_pred, run, spec, transforms, out_plots)
 
         published = OmegaConf.to_container(model_cfg, resolve=True).get("published") or {}
         metrics = {
@@ -337,24 +298,103 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
         }
         write_json(out_metrics, metrics)
         if active is not None:
-            import mlflow
-
-            log_fit_result(result, log_checkpoint=bool(cfg.tracking.log_checkpoints))
-            flat = {
-                k: v
-                for k, v in flatten({"test": test_metrics, "baseline_mean": baseline}).items()
-                if isinstance(v, int | float) and np.isfinite(v)
-            }
-            mlflow.log_metrics(flat)
-            if metrics["seconds_per_epoch"] is not None:
-                mlflow.log_metric("seconds_per_epoch", metrics["seconds_per_epoch"])
-            for f in (out_metrics, out_splits, *sorted(out_plots.glob("*"))):
-                log_artifact(f, "plots" if f.parent == out_plots else None)
-            if cfg.tracking.log_checkpoints:
-                log_artifact(out_model, "model")
+            _log_run(cfg, result, metrics, (out_metrics, out_splits, out_plots, out_model))
     log.info("pretrain %s: test %s | mean baseline %s", run, test_metrics, baseline)
     return metrics
 
 
+def _split_rows(
+    cfg: DictConfig, run: str, table: pd.DataFrame, targets: list[str], out_splits: Path
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Assign grouped train/val/test roles (written to ``out_splits``); return rows and counts.
+
+    Rows must carry every target the run learns at least partially; a row with none is
+    ``unlabeled``. Materials of ``pretrain.exclude_materials_of`` are ``excluded``.
+    """
+    spec_name = str(cfg.pretrain.runs[run].dataset)
+    excluded = excluded_material_ids(cfg, table, str(cfg.pretrain.leakage_level), spec_name)
+    roles = pretrain_split(
+        table,
+        excluded,
+        float(cfg.pretrain.val_fraction),
+        float(cfg.pretrain.test_fraction),
+        run_fraction(cfg, run),
+        int(cfg.pretrain.split_seed),
+    )
+    no_label = table[targets].isna().all(axis=1).to_numpy()
+    roles = np.where(no_label & np.isin(roles, SPLIT_ROLES), "unlabeled", roles)
+    pd.DataFrame({"id": table["id"], "formula": table["formula"], "role": roles}).to_csv(
+        out_splits, index=False
+    )
+    idx = {r: np.flatnonzero(roles == r) for r in SPLIT_ROLES}
+    counts = {r: int((roles == r).sum()) for r in (*SPLIT_ROLES, "unused", "excluded", "unlabeled")}
+    return idx, counts
+
+
+def _write_plots(
+    history: list[dict[str, Any]],
+    test_true: np.ndarray,
+    test_pred: np.ndarray,
+    run: str,
+    spec: Any,
+    transforms: dict[str, str],
+    out_plots: Path,
+) -> None:
+    """Learning curve (``history.csv`` for DVC + PNG) and a parity plot per target (test split)."""
+    hist_df = pd.DataFrame(history)
+    keep_cols = [c for c in ("epoch", "train/loss", "val/loss") if c in hist_df]
+    hist_df[keep_cols].rename(columns=lambda c: c.replace("/", "_")).to_csv(
+        out_plots / "history.csv", index=False
+    )
+    learning_curve_plot(
+        {k: hist_df[k].tolist() for k in ("train/loss", "val/loss") if k in hist_df},
+        out_plots / "learning_curve.png",
+        title=f"pretrain {run}",
+        ylabel="MSE (standardized)",
+    )
+    for j, name in enumerate(transforms):
+        ok = np.isfinite(test_true[:, j])
+        parity_plot(
+            test_true[ok, j],
+            test_pred[ok, j],
+            out_plots / f"parity_{name}.png",
+            log=transforms[name] == "log10",
+            title=f"{run}: {name} (test)",
+            units=spec.target(name).unit,
+            quantity=name,
+        )
+
+
+def _log_run(cfg: DictConfig, result: Any, metrics: dict[str, Any], files: tuple) -> None:
+    """Log the fit, test/baseline metrics and the run's files to the active MLflow run."""
+    import mlflow
+
+    out_metrics, out_splits, out_plots, out_model = files
+    log_fit_result(result, log_checkpoint=bool(cfg.tracking.log_checkpoints))
+    scores = {"test": metrics["test"], "baseline_mean": metrics["baseline_mean"]}
+    flat = {
+        k: v for k, v in flatten(scores).items() if isinstance(v, int | float) and np.isfinite(v)
+    }
+    mlflow.log_metrics(flat)
+    if metrics["seconds_per_epoch"] is not None:
+        mlflow.log_metric("seconds_per_epoch", metrics["seconds_per_epoch"])
+    for f in (out_metrics, out_splits, *sorted(out_plots.glob("*"))):
+        log_artifact(f, "plots" if f.parent == out_plots else None)
+    if cfg.tracking.log_checkpoints:
+        log_artifact(out_model, "model")
+
+
 def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
+
+
+def main() -> None:
+    """Run the DVC stage ``pretrain`` from the command line: ``pipelines/pretrain.py``.
+
+    Usage: ``python pipelines/pretrain.py RUN [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`pretrain_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(pretrain_stage)

@@ -24,10 +24,9 @@ from omegaconf import DictConfig
 from kappaflow.evaluation.plots import size_study_plot
 from kappaflow.evaluation.protocol import cross_validate, dataset_evaluation, protocol_settings
 from kappaflow.evaluation.report import write_report
-from kappaflow.io_utils import write_json
 from kappaflow.layout import kappa_table, project_root
+from kappaflow.stages.common import finish_study
 from kappaflow.tracking import start_stage_run
-from kappaflow.tracking.runs import log_artifact
 from kappaflow.transfer.fit_predict import build_fit_predict, fold_cache_dir, with_strategy
 
 log = logging.getLogger(__name__)
@@ -120,17 +119,31 @@ def pretrain_size_stage(cfg: DictConfig) -> dict[str, Any]:
             "\n".join(lines),
             title="Pretraining-set size study (TL-CGCNN)",
         )
-        metrics_path = root / cfg.paths.metrics_dir / "pretrain_size.json"
-        write_json(metrics_path, results)
-        if run is not None:
-            import mlflow
-
-            for key, r in results.items():
-                mlflow.log_metric(
-                    f"{key.split('/')[0]}.log10_mae",
-                    r["log10_mae_mean"],
-                    step=int(round(100 * r["fraction"])),
+        finish_study(
+            run,
+            report,
+            root / cfg.paths.metrics_dir / "pretrain_size.json",
+            results,
+            [plot],
+            stage,
+            mlflow_metrics=(
+                (
+                    {f"{key.split('/')[0]}.log10_mae": r["log10_mae_mean"]},
+                    int(round(100 * r["fraction"])),
                 )
-            for f in (report, metrics_path, plot):
-                log_artifact(f, stage)
+                for key, r in results.items()
+            ),
+        )
     return results
+
+
+def main() -> None:
+    """Run the DVC stage ``pretrain_size`` from the command line: ``pipelines/pretrain_size.py``.
+
+    Usage: ``python pipelines/pretrain_size.py [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`pretrain_size_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(pretrain_size_stage)

@@ -211,6 +211,124 @@ def _champion_record(name: str, version: Any, metric: str) -> dict[str, Any]:
     }
 
 
+def _version_tags(cfg: DictConfig, cand: Candidate, sha: str) -> dict[str, str]:
+    """Tags of the model version: candidate, CV metric ± std, protocol, digests, git commit."""
+    reg = cfg.registry
+    metric = str(reg.metric)
+    return {
+        "strategy": cand.strategy,
+        "dataset": cand.dataset,
+        "metric": metric,
+        metric: f"{cand.metric:.6g}",
+        f"{metric}_std": f"{cand.metric_std:.6g}",
+        "protocol_digest": cand.protocol_digest,
+        "protocol": json.dumps(cand.protocol, sort_keys=True),
+        "ensemble_sha256": sha,
+        "n_members": str(len(cand.members)),
+        "ensemble_repeats": ",".join(str(r) for r in reg.ensemble_repeats),
+        "git_commit": git_info(project_root()).commit or "unknown",
+        "sigma": "std over members of log10 kappa (decades)",
+    }
+
+
+def _register_or_reuse(
+    client: Any, cfg: DictConfig, cand: Candidate, graph: Any, tags: dict[str, str], run_id: str
+) -> Any:
+    """Return the version holding this ensemble: an existing one (same sha256) or a new one."""
+    name, metric = str(cfg.registry.model_name), str(cfg.registry.metric)
+    existing = P.find_version_by_tag(client, name, "ensemble_sha256", tags["ensemble_sha256"])
+    if existing is not None:
+        log.info("register: identical ensemble already registered as v%s", existing.version)
+        return existing
+    ensemble = KappaEnsemble.from_files(cand.members, graph, device="cpu")
+    domain = training_domain(cfg, ensemble, cand.dataset, float(cfg.registry.domain_quantile))
+    tags["ood_threshold"] = f"{domain.threshold:.6g}"
+    tags["train_elements"] = str(len(domain.elements))
+    with tempfile.TemporaryDirectory(prefix="kappaflow-ensemble-") as tmp:
+        ens_dir = write_ensemble_dir(Path(tmp) / "ensemble", cand.members, graph, domain, tags)
+        info = log_ensemble_model(
+            ens_dir,
+            metadata={"kappaflow": tags},
+            composition=ensemble.input_kind == "composition",
+        )
+    return P.register_version(
+        client,
+        name,
+        info.model_uri,
+        run_id,
+        tags,
+        description=f"{cand.strategy} on {cand.dataset}: CV {metric} "
+        f"{cand.metric:.4f} ± {cand.metric_std:.4f} ({len(cand.members)} fold models)",
+    )
+
+
+def _decide(
+    client: Any,
+    cfg: DictConfig,
+    version: Any,
+    champion: Any,
+    challenger: Any,
+    cand: Candidate,
+    tags: dict[str, str],
+) -> tuple[Any, dict[str, Any]]:
+    """Promotion decision for ``version`` against the champion; move the aliases accordingly."""
+    name, metric = str(cfg.registry.model_name), str(cfg.registry.metric)
+    if P.same_version(champion, version):
+        decision = P.Decision(
+            False,
+            f"kept champion: candidate is the champion v{version.version} (same ensemble)",
+            cand.metric,
+            P.metric_of(champion, metric),
+        )
+        aliases = {
+            P.CHAMPION: int(champion.version),
+            P.CHALLENGER: int(challenger.version) if challenger else None,
+        }
+        return decision, aliases
+    reason = None
+    if champion is not None:
+        reason = P.incomparable_reason(dict(version.tags) | tags, dict(champion.tags))
+    decision = P.decide(
+        cand.metric,
+        P.metric_of(champion, metric),
+        lower_is_better=True,
+        incomparable=reason,
+        min_delta=float(cfg.registry.min_delta),
+        metric_name=metric,
+    )
+    aliases = P.apply_decision(client, name, version, champion, challenger, decision, True, metric)
+    return decision, aliases
+
+
+def _log_decision(
+    name: str, version: Any, decision: Any, record: dict[str, Any], metric: str, files: tuple
+) -> None:
+    """Decision as tags and metrics of the active MLflow run; the decision files as artifacts."""
+    import mlflow
+
+    mlflow.set_tags(
+        {
+            "registry.model": name,
+            "registry.version": str(version.version),
+            "registry.decision": decision.reason,
+        }
+    )
+    mlflow.log_metrics(
+        {
+            f"candidate_{metric}": decision.candidate_metric,
+            "promoted": float(decision.promote),
+            "champion_version": float(record["version"]),
+            **(
+                {f"champion_{metric}_before": decision.champion_metric}
+                if decision.champion_metric is not None
+                else {}
+            ),
+        }
+    )
+    for f in files:
+        log_artifact(f, "registry")
+
+
 def register_stage(cfg: DictConfig) -> dict[str, Any]:
     """Register the best transferred ensemble and promote it if it beats the champion.
 
@@ -237,20 +355,7 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
     graph = GraphSettings(float(cfg.graphs.cutoff), None if mn is None else int(mn))
     quantile = float(reg.domain_quantile)
     sha = ensemble_sha256(cand.members, {"graph": graph.to_dict(), "quantile": quantile})
-    tags = {
-        "strategy": cand.strategy,
-        "dataset": cand.dataset,
-        "metric": metric,
-        metric: f"{cand.metric:.6g}",
-        f"{metric}_std": f"{cand.metric_std:.6g}",
-        "protocol_digest": cand.protocol_digest,
-        "protocol": json.dumps(cand.protocol, sort_keys=True),
-        "ensemble_sha256": sha,
-        "n_members": str(len(cand.members)),
-        "ensemble_repeats": ",".join(str(r) for r in reg.ensemble_repeats),
-        "git_commit": git_info(root).commit or "unknown",
-        "sigma": "std over members of log10 kappa (decades)",
-    }
+    tags = _version_tags(cfg, cand, sha)
     with start_stage_run(
         cfg,
         "register",
@@ -265,59 +370,8 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
         )
         champion = P.version_by_alias(client, name, P.CHAMPION)
         challenger = P.version_by_alias(client, name, P.CHALLENGER)
-        existing = P.find_version_by_tag(client, name, "ensemble_sha256", sha)
-        if existing is not None:
-            version = existing
-            log.info("register: identical ensemble already registered as v%s", version.version)
-        else:
-            ensemble = KappaEnsemble.from_files(cand.members, graph, device="cpu")
-            domain = training_domain(cfg, ensemble, cand.dataset, quantile)
-            tags["ood_threshold"] = f"{domain.threshold:.6g}"
-            tags["train_elements"] = str(len(domain.elements))
-            with tempfile.TemporaryDirectory(prefix="kappaflow-ensemble-") as tmp:
-                ens_dir = write_ensemble_dir(
-                    Path(tmp) / "ensemble", cand.members, graph, domain, tags
-                )
-                info = log_ensemble_model(
-                    ens_dir,
-                    metadata={"kappaflow": tags},
-                    composition=ensemble.input_kind == "composition",
-                )
-            version = P.register_version(
-                client,
-                name,
-                info.model_uri,
-                run.info.run_id,
-                tags,
-                description=f"{cand.strategy} on {cand.dataset}: CV {metric} "
-                f"{cand.metric:.4f} ± {cand.metric_std:.4f} ({len(cand.members)} fold models)",
-            )
-        if P.same_version(champion, version):
-            decision = P.Decision(
-                False,
-                f"kept champion: candidate is the champion v{version.version} (same ensemble)",
-                cand.metric,
-                P.metric_of(champion, metric),
-            )
-            aliases = {
-                P.CHAMPION: int(champion.version),
-                P.CHALLENGER: int(challenger.version) if challenger else None,
-            }
-        else:
-            reason = None
-            if champion is not None:
-                reason = P.incomparable_reason(dict(version.tags) | tags, dict(champion.tags))
-            decision = P.decide(
-                cand.metric,
-                P.metric_of(champion, metric),
-                lower_is_better=True,
-                incomparable=reason,
-                min_delta=float(reg.min_delta),
-                metric_name=metric,
-            )
-            aliases = P.apply_decision(
-                client, name, version, champion, challenger, decision, True, metric
-            )
+        version = _register_or_reuse(client, cfg, cand, graph, tags, run.info.run_id)
+        decision, aliases = _decide(client, cfg, version, champion, challenger, cand, tags)
         log.info("register: v%s %s; aliases %s", version.version, decision.reason, aliases)
         champ = client.get_model_version_by_alias(name, P.CHAMPION)
         record = _champion_record(name, champ, metric)
@@ -337,27 +391,19 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
         write_json(root / str(reg.champion_file), record)
         decision_file = root / cfg.paths.reports_dir / "registry" / "decision.json"
         write_json(decision_file, result)
-        import mlflow
-
-        mlflow.set_tags(
-            {
-                "registry.model": name,
-                "registry.version": str(version.version),
-                "registry.decision": decision.reason,
-            }
+        _log_decision(
+            name, version, decision, record, metric, (decision_file, root / str(reg.champion_file))
         )
-        mlflow.log_metrics(
-            {
-                f"candidate_{metric}": decision.candidate_metric,
-                "promoted": float(decision.promote),
-                "champion_version": float(record["version"]),
-                **(
-                    {f"champion_{metric}_before": decision.champion_metric}
-                    if decision.champion_metric is not None
-                    else {}
-                ),
-            }
-        )
-        log_artifact(decision_file, "registry")
-        log_artifact(root / str(reg.champion_file), "registry")
     return result
+
+
+def main() -> None:
+    """Run the DVC stage ``register`` from the command line: ``pipelines/register.py``.
+
+    Usage: ``python pipelines/register.py [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`register_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(register_stage)

@@ -38,27 +38,23 @@ from omegaconf import DictConfig
 from kappaflow.io_utils import write_json
 from kappaflow.layout import interim_dir, load_prepared, project_root
 from kappaflow.registry.champion import load_champion, resolve_model
-from kappaflow.registry.predictor import Item, predict_stream
+from kappaflow.registry.predictor import COLUMNS, Item, predict_stream
 from kappaflow.screen.pool import iter_items, load_pool
 from kappaflow.tracking import start_stage_run
 from kappaflow.tracking.runs import log_artifact, log_dataset, log_figure, setup_experiment
 
 log = logging.getLogger(__name__)
 
+#: Columns of ``ranked.csv``: the predictor's :data:`~kappaflow.registry.predictor.COLUMNS`
+#: (``id``/``formula`` among the pool's columns; no ``error``: failed crystals go to the failures
+#: file) between the pool's and the screen's own columns.
 RANKED_COLUMNS = (
     "rank",
     "id",
     "dataset",
     "formula",
     "spacegroup",
-    "kappa",
-    "log10_kappa",
-    "sigma_log10",
-    "kappa_lo",
-    "kappa_hi",
-    "in_domain",
-    "ood_reason",
-    "nn_distance",
+    *(c for c in COLUMNS if c not in ("id", "formula", "error")),
     "in_training_set",
     "n_duplicates",
     "source",
@@ -273,3 +269,15 @@ def screen_stage(
         len(ranked), summary["n_ood"], len(quarantine), summary["throughput_per_s"], wall,
     )  # fmt: skip
     return summary
+
+
+def main() -> None:
+    """Run the DVC stage ``screen`` from the command line: ``pipelines/screen.py``.
+
+    Usage: ``python pipelines/screen.py [STRUCTURE_DIR ...] [key=value ...]``.
+    Loads ``params.yaml`` with the ``key=value`` overrides and calls :func:`screen_stage`
+    with the other words (:func:`kappaflow.stages.common.run_stage`).
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(screen_stage)

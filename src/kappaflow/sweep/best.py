@@ -8,11 +8,11 @@ reproduces the pipeline with the best parameters. Keys under ``sweep.`` (e.g. th
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from kappaflow.io_utils import write_text
 
 if TYPE_CHECKING:
     import optuna
@@ -92,14 +92,4 @@ def write_best_experiment(study: optuna.Study, path: str | Path) -> Path:
     text = render_best_experiment(
         study.study_name, trial, overrides, baselines[0] if baselines else None
     )
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return write_text(path, text)

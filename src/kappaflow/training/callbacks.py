@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.seed import seed_everything
+
+from kappaflow.io_utils import atomic_write
 
 
 class EpochSeed(L.Callback):
@@ -87,13 +88,14 @@ class EpochHistory(L.Callback):
         rows.append(row)
         rows.sort(key=lambda r: r["epoch"])
         keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "epoch", k))
-        tmp = self.path.with_suffix(".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path, write)
 
 
 def read_history(path: str | Path) -> list[dict[str, float]]:

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 
 from kappaflow.config import to_plain
+from kappaflow.io_utils import atomic_write
 from kappaflow.training.target_transform import TargetTransform
 
 FORMAT = "kappaflow-model/1"
@@ -43,8 +44,6 @@ def save_model(
     Returns:
         The written path.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -54,10 +53,8 @@ def save_model(
         "target_names": list(transform.names),
         "meta": to_plain(dict(meta or {})),
     }
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(p)
-    return p
+    # the temporary file is named <name>.tmp, so torch's archive name is the same on every run
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_model(

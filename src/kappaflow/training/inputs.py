@@ -18,11 +18,16 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
 from kappaflow.config import to_plain
+from kappaflow.models.factory import check_graph_settings, input_kind
 
-
-def input_kind(model_cfg: Mapping[str, Any] | DictConfig) -> str:
-    """``"composition"`` for descriptor models (no graph cutoff), else ``"graph"``."""
-    return "composition" if model_cfg.get("cutoff") is None else "graph"
+__all__ = [
+    "ListDataset",
+    "ModelInputs",
+    "RowsView",
+    "TargetView",
+    "input_kind",  # re-exported: owned by the model classes (kappaflow.models.factory)
+    "load_model_inputs",
+]
 
 
 class TargetView(Dataset):
@@ -115,6 +120,8 @@ def load_model_inputs(
     Raises:
         ValueError: if the graph cache does not hold exactly the table's materials, or a target
             is missing.
+        GraphMismatchError: (a ValueError) the cache's ``meta`` cutoff / max_neighbors do not
+            fit the model card (:func:`kappaflow.models.check_graph_settings`).
     """
     names = list(target_names)
     missing = [t for t in names if t not in table.columns]
@@ -137,6 +144,7 @@ def load_model_inputs(
     if graph_cache is None or not Path(graph_cache).is_file():
         raise FileNotFoundError(f"graph cache {graph_cache} missing: run `dvc repro featurize`")
     graphs = load_graph_cache(graph_cache)
+    check_graph_settings(model_cfg, graphs.meta, source=f"graph cache {graph_cache}")
     cache_targets = list(graphs.meta.get("target_names", []))
     cols = []
     for t in names:

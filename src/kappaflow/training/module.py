@@ -27,17 +27,12 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from kappaflow.config import as_dict
+from kappaflow.training.defaults import OPTIM_DEFAULTS, SCHEDULER_DEFAULTS
 from kappaflow.training.target_transform import TargetTransform
 
 SCHEDULERS = ("cosine", "plateau", "none")
-DEFAULT_SCHEDULER: dict[str, Any] = {
-    "name": "cosine",
-    "warmup_epochs": 0.0,
-    "min_lr_ratio": 0.01,
-    "factor": 0.5,
-    "patience": 10,
-    "min_lr": 1e-6,
-}
+#: Schedule fallbacks (mirror conf/trainer/default.yaml ``scheduler``; see training.defaults).
+DEFAULT_SCHEDULER: dict[str, Any] = SCHEDULER_DEFAULTS
 
 
 def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
@@ -90,9 +85,9 @@ class KappaLightningModule(L.LightningModule):
         model: nn.Module,
         transform: TargetTransform,
         *,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        encoder_lr_mult: float = 1.0,
+        lr: float = OPTIM_DEFAULTS["lr"],
+        weight_decay: float = OPTIM_DEFAULTS["weight_decay"],
+        encoder_lr_mult: float = OPTIM_DEFAULTS["encoder_lr_mult"],
         scheduler: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -132,13 +127,13 @@ class KappaLightningModule(L.LightningModule):
     ) -> KappaLightningModule:
         """Build from ``trainer.optim`` (lr, weight_decay, encoder_lr_mult) and ``.scheduler``."""
         cfg = as_dict(trainer_cfg)
-        optim = cfg.get("optim") or {}
+        optim = {**OPTIM_DEFAULTS, **(cfg.get("optim") or {})}
         return cls(
             model,
             transform,
-            lr=optim.get("lr", 1e-3),
-            weight_decay=optim.get("weight_decay", 0.0),
-            encoder_lr_mult=optim.get("encoder_lr_mult", 1.0),
+            lr=optim["lr"],
+            weight_decay=optim["weight_decay"],
+            encoder_lr_mult=optim["encoder_lr_mult"],
             scheduler=cfg.get("scheduler"),
         )
 

@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from kappaflow.config import as_dict
 from kappaflow.training.callbacks import EpochCounter, EpochSeed
+from kappaflow.training.defaults import TRAINER_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +37,9 @@ MONITOR = "val/loss"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
 
-#: Defaults of the ``trainer`` config node (conf/trainer/default.yaml mirrors these).
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "max_epochs": 300,
-    "min_epochs": 1,
-    "batch_size": 64,
-    "eval_batch_size": None,
-    "num_workers": 0,
-    "accelerator": "auto",
-    "devices": 1,
-    "precision": "auto",
-    "deterministic": "auto",
-    "gradient_clip_val": 1.0,
-    "early_stopping": {"patience": 30, "min_delta": 0.0},
-    "limit_train_batches": 1.0,
-    "limit_val_batches": 1.0,
-    "limit_test_batches": 1.0,
-    "limit_predict_batches": 1.0,
-    "num_sanity_val_steps": 0,
-    "progress_bar": "tqdm",
-    "refresh_rate": 20,
-    "log_every_n_steps": 50,
-    "resume": True,
-    "csv_logger": True,
-    "cpu_threads": 1,
-}
+#: Fallbacks of the ``trainer`` config node (:data:`kappaflow.training.defaults.TRAINER_DEFAULTS`,
+#: which mirrors conf/trainer/default.yaml, the owner).
+DEFAULTS: dict[str, Any] = TRAINER_DEFAULTS
 
 
 def resolve_cfg(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -72,7 +50,9 @@ def resolve_cfg(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     False on GPU (scatter ops have no fast deterministic CUDA kernels).
     """
     cfg = {**DEFAULTS, **as_dict(trainer_cfg)}
-    cfg["early_stopping"] = {**DEFAULTS["early_stopping"], **(cfg.get("early_stopping") or {})}
+    for key, default in DEFAULTS.items():  # nested nodes: missing keys from the defaults too
+        if isinstance(default, dict):
+            cfg[key] = {**default, **(cfg.get(key) or {})}
     if cfg["accelerator"] == "auto":
         cfg["accelerator"] = "gpu" if torch.cuda.is_available() else "cpu"
     gpu = cfg["accelerator"] in ("gpu", "cuda")
@@ -136,7 +116,7 @@ def build_trainer(
                 monitor=MONITOR,
                 mode="min",
                 patience=int(es["patience"]),
-                min_delta=float(es.get("min_delta", 0.0)),
+                min_delta=float(es["min_delta"]),
             )
         )
     cbs.append(

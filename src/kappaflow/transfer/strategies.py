@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kappaflow.config import to_plain
 from kappaflow.models.base import KappaModel
+from kappaflow.training.defaults import OPTIM_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class StageSpec:
     index: int
     dataset: str
     strategy: str = "finetune"
-    encoder_lr_mult: float = 1.0
+    encoder_lr_mult: float = OPTIM_DEFAULTS["encoder_lr_mult"]
     unfreeze_last_k: int = 0
     reinit_head: bool = False
     targets: tuple[str, ...] | None = None
@@ -252,6 +253,10 @@ def copy_encoder(target: KappaModel, source: KappaModel) -> None:
     target.encoder.load_state_dict(src, strict=True)
 
 
+#: Fallback of a strategy's / stage's ``encoder_lr_mult`` (= the trainer's, conf/trainer).
+_LR_MULT: float = OPTIM_DEFAULTS["encoder_lr_mult"]
+
+
 def _float(cfg: Mapping[str, Any], key: str, default: float) -> float:
     value = cfg.get(key)
     return float(default if value is None else value)
@@ -324,7 +329,9 @@ def stage_plan(
                 index=i,
                 dataset=str(st["dataset"]),
                 strategy=str(mode),
-                encoder_lr_mult=_float(st, "encoder_lr_mult", _float(cfg, "encoder_lr_mult", 1.0)),
+                encoder_lr_mult=_float(
+                    st, "encoder_lr_mult", _float(cfg, "encoder_lr_mult", _LR_MULT)
+                ),
                 unfreeze_last_k=_int(st, "unfreeze_last_k", _int(cfg, "unfreeze_last_k", 0)),
                 reinit_head=bool(st.get("reinit_head", False)),
                 targets=tuple(str(t) for t in targets) if targets else None,
@@ -357,7 +364,7 @@ def apply_stage(
             index=int(st.get("index", 0)),
             dataset=str(st.get("dataset", "")),
             strategy=str(st.get("strategy") or "finetune"),
-            encoder_lr_mult=_float(st, "encoder_lr_mult", 1.0),
+            encoder_lr_mult=_float(st, "encoder_lr_mult", _LR_MULT),
             unfreeze_last_k=_int(st, "unfreeze_last_k", 0),
             reinit_head=bool(st.get("reinit_head", False)),
             trainer=dict(st.get("trainer") or {}),
@@ -447,7 +454,7 @@ def prepare_model(
         int(info["n_targets"]),
         int(n_targets),
     )
-    lr_mult = _float(cfg, "encoder_lr_mult", 1.0)
+    lr_mult = _float(cfg, "encoder_lr_mult", _LR_MULT)
     k = _int(cfg, "unfreeze_last_k", 0)
     if name == "finetune":
         return PreparedModel(model, _deep_merge(trainer, _apply_mode(model, name, lr_mult, 0)))

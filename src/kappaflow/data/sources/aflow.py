@@ -31,9 +31,9 @@ from kappaflow.data.sources.base import (
     Source,
     SourceError,
     convert_structure,
+    formula_or_empty,
     http_get,
     make_session,
-    reduced_formula,
     register_source,
     resolve_targets,
     tqdm_disable,
@@ -271,7 +271,7 @@ class AflowSource(Source):
                 text = http_get(session, url, timeout=timeout).text
             except (SourceError, ValueError) as exc:
                 return Converted(
-                    reduced_formula(compound) if compound else "",
+                    formula_or_empty(compound),
                     "",
                     f"structure_download_failed: {exc}"[:500],
                 )

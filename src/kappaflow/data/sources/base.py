@@ -2,9 +2,10 @@
 
 Every source turns one dataset card (:class:`~kappaflow.cards.DatasetSpec`) into the same
 thing: a gzip CSV at ``dest`` with the card's columns (``id_col``, ``formula_col``, ``cif_col`` for
-structure sets, one column per ``TargetSpec.column``). The file is written atomically (temporary
-file in the destination folder + ``os.replace``) with deterministic bytes (gzip ``mtime=0``, no
-file name in the gzip header, LF line ends), so DVC hashes are stable across runs.
+structure sets, one column per ``TargetSpec.column``). The file is written atomically
+(:func:`kappaflow.io_utils.atomic_write`: temporary file in the destination folder +
+``os.replace``) with deterministic bytes (gzip ``mtime=0``, no file name in the gzip header, LF
+line ends), so DVC hashes are stable across runs.
 
 Downloaders never drop rows silently: a row whose structure cannot be fetched or converted is
 written with an empty CIF (and empty formula if none could be derived) and the reason in the
@@ -13,19 +14,20 @@ written with an empty CIF (and empty formula if none could be derived) and the r
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import io
 import logging
 import os
 import re
-import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from kappaflow.data.validation import reduced_formula
+from kappaflow.io_utils import atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -197,28 +199,6 @@ def check_sha256(actual: str, expected: str | None, what: str, expected_from: st
         )
 
 
-@contextlib.contextmanager
-def atomic_output(dest: Path) -> Iterator[tuple[IO[bytes], Path]]:
-    """Open a temporary file next to ``dest``; on success ``os.replace`` it onto ``dest``.
-
-    Yields:
-        ``(binary file object, temporary path)``. On an exception the temporary file is removed
-        and ``dest`` is left untouched.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f, tmp
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def output_columns(spec: DatasetSpec) -> list[str]:
     """Columns the card expects, in order: id, formula, cif (structure sets), target columns."""
     cols = [spec.id_col, spec.formula_col]
@@ -246,13 +226,17 @@ def write_table(df: pd.DataFrame, spec: DatasetSpec, dest: Path, source: str) ->
     if missing:
         raise ValueError(f"dataset {spec.name!r}: table lacks column(s) {missing}")
     out = df[cols + [c for c in df.columns if c not in cols]]
-    # filename="" keeps the temporary name out of the gzip header; mtime=0 fixes the stamp.
-    with (
-        atomic_output(dest) as (raw, _),
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
-        io.TextIOWrapper(gz, encoding="utf-8", newline="") as text,
-    ):
-        out.to_csv(text, index=False, lineterminator="\n")
+
+    def write(tmp: Path) -> None:
+        # filename="" keeps the temporary name out of the gzip header; mtime=0 fixes the stamp.
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+            io.TextIOWrapper(gz, encoding="utf-8", newline="") as text,
+        ):
+            out.to_csv(text, index=False, lineterminator="\n")
+
+    atomic_write(dest, write)
     return FetchResult(path=dest, sha256=sha256_file(dest), n_rows=len(out), source=source)
 
 
@@ -276,17 +260,18 @@ class Converted:
     error: str
 
 
-def reduced_formula(formula: Any) -> str:
-    """Return the reduced formula of a formula string / composition dict (``""`` if unparsable)."""
-    from pymatgen.core import Composition
+def formula_or_empty(formula: Any) -> str:
+    """Reduced formula of an upstream formula / composition dict, ``""`` if absent or unparsable.
 
+    For a row whose structure failed: it is quarantined by its error anyway, the formula is only
+    informative, so downloaders never raise here (unlike
+    :func:`kappaflow.data.validation.reduced_formula`).
+    """
+    if formula is None or formula == "":
+        return ""
     try:
-        if isinstance(formula, Mapping):
-            comp = Composition({k: v for k, v in formula.items() if not str(k).startswith("@")})
-        else:
-            comp = Composition(str(formula))
-        return comp.reduced_formula if comp.num_atoms > 0 else ""
-    except Exception:  # noqa: BLE001 - any parse failure means "unknown"
+        return reduced_formula(formula if isinstance(formula, Mapping) else str(formula))
+    except ValueError:
         return ""
 
 
@@ -314,7 +299,7 @@ def convert_structure(
         return Converted(formula, cif, "")
     except Exception as exc:  # noqa: BLE001 - recorded per row, never dropped
         return Converted(
-            reduced_formula(fallback_formula) if fallback_formula is not None else "",
+            formula_or_empty(fallback_formula),
             "",
             f"structure_conversion_failed: {type(exc).__name__}: {exc}"[:500],
         )
@@ -459,22 +444,26 @@ def download(
     h = hashlib.sha256()
     resp = http_get(session, url, timeout=timeout, stream=True)
     total = int(resp.headers.get("Content-Length") or 0) or None
-    with (
-        resp,
-        atomic_output(dest) as (f, _),
-        tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc=f"download {dest.name}",
-            disable=None if progress is None else not progress,
-        ) as bar,
-    ):
-        for chunk in resp.iter_content(chunk_size=_CHUNK):
-            f.write(chunk)
-            h.update(chunk)
-            bar.update(len(chunk))
+
+    def write(tmp: Path) -> None:
+        with (
+            open(tmp, "wb") as f,
+            tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=f"download {dest.name}",
+                disable=None if progress is None else not progress,
+            ) as bar,
+        ):
+            for chunk in resp.iter_content(chunk_size=_CHUNK):
+                f.write(chunk)
+                h.update(chunk)
+                bar.update(len(chunk))
         check_sha256(h.hexdigest(), sha256, f"download {url}", "dataset metadata")
+
+    with resp:
+        atomic_write(dest, write)
     return h.hexdigest()
 
 

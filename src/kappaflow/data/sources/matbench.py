@@ -31,13 +31,13 @@ from kappaflow.data.sources.base import (
     convert_structure,
     download,
     make_session,
-    reduced_formula,
     register_source,
     resolve_targets,
     sha256_file,
     tqdm_disable,
     write_table,
 )
+from kappaflow.data.validation import reduced_formula
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,8 +80,10 @@ def convert_cell(value: Any, want_cif: bool) -> Converted:
     if isinstance(value, dict) and value.get("@class") == "Structure":
         return convert_structure(lambda: Structure.from_dict(value), want_cif=want_cif)
     if isinstance(value, dict | str) and not want_cif:
-        formula = reduced_formula(value)
-        return Converted(formula, "", "" if formula else f"unparsable composition: {value!r}"[:500])
+        try:
+            return Converted(reduced_formula(value), "", "")
+        except ValueError:
+            return Converted("", "", f"unparsable composition: {value!r}"[:500])
     return Converted("", "", f"unsupported matbench cell: {type(value).__name__}")
 
 

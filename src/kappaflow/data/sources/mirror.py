@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 from kappaflow.data.sources.base import (
     FetchResult,
     Source,
-    atomic_output,
     check_sha256,
     output_columns,
     register_source,
     tqdm_disable,
 )
+from kappaflow.io_utils import atomic_write
 from kappaflow.layout import DATA_ENV_VAR
 
 if TYPE_CHECKING:
@@ -91,26 +91,27 @@ class MirrorSource(Source):
         from tqdm.auto import tqdm
 
         h = hashlib.sha256()
-        with (
-            open(src, "rb") as fin,
-            atomic_output(dest) as (fout, tmp),
-            tqdm(
-                total=src.stat().st_size,
-                unit="B",
-                unit_scale=True,
-                desc=f"copy {spec.name}",
-                disable=tqdm_disable(opts.get("progress")),
-            ) as bar,
-        ):
-            for chunk in iter(lambda: fin.read(1 << 20), b""):
-                fout.write(chunk)
-                h.update(chunk)
-                bar.update(len(chunk))
+
+        def copy(tmp: Path) -> None:
+            with (
+                open(src, "rb") as fin,
+                open(tmp, "wb") as fout,
+                tqdm(
+                    total=src.stat().st_size,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"copy {spec.name}",
+                    disable=tqdm_disable(opts.get("progress")),
+                ) as bar,
+            ):
+                for chunk in iter(lambda: fin.read(1 << 20), b""):
+                    fout.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
             digest = h.hexdigest()
             check_sha256(digest, spec.sha256, str(src), f"dataset card {spec.name!r}")
             if entry is not None:
                 check_sha256(digest, entry.get("sha256"), str(src), f"{data_root}/{MANIFEST_NAME}")
-            fout.flush()
             header = read_header(tmp)
             missing = [c for c in output_columns(spec) if c not in header]
             if missing:
@@ -118,6 +119,9 @@ class MirrorSource(Source):
                     f"dataset {spec.name!r}: {src} lacks column(s) {missing} named by the card; "
                     f"it has {header}"
                 )
+
+        atomic_write(dest, copy)
+        digest = h.hexdigest()
         if entry is not None and isinstance(entry.get("rows"), int) and entry.get("sha256"):
             n_rows = int(entry["rows"])  # content verified by hash above
         else:

@@ -139,7 +139,7 @@ def test_truncation_identical_to_full_search(structure: Structure, k: int) -> No
 def test_small_sphere_falls_back_for_sparse_atom(monkeypatch: pytest.MonkeyPatch) -> None:
     # A dense 4x4x4 cluster plus one atom >= 6.5 Å away from it: the first (small-sphere) search
     # misses the lone atom's neighbours, so the full-cutoff search must be used.
-    from kappaflow.graphs import neighbors as nb
+    from kappaflow.structure import neighbors as nb
 
     radii: list[float] = []
     real_pairs = nb._pairs

@@ -1,4 +1,4 @@
-"""Tiny structures shared by the graph tests (built in code with pymatgen, cached; copies)."""
+"""Crystal fixtures (rocksalt NaCl, diamond Si, a triclinic cell) for structure and graph tests."""
 
 from __future__ import annotations
 

@@ -1,20 +1,16 @@
-"""The ``finetune`` stage: one transfer strategy on one κ dataset, through the CV protocol.
+"""DVC stages ``finetune`` and ``finetune_other``: one transfer strategy on one dataset.
 
-For every fold of the repeated grouped k-fold (:func:`kappaflow.evaluation.protocol.cross_validate`)
-a fresh model is prepared by the strategy (:func:`kappaflow.transfer.strategies.prepare_model`),
-trained on the fold's training rows with early stopping on its inner validation rows, and asked
-for κ (W/m/K) on the test rows only. Models learn log10 κ.
-
-``two_stage`` (ParAIsite III) first fine-tunes on the low-fidelity set(s) of its plan, with every
-material of the evaluated κ set removed from them (so no fold's test material is ever trained on),
-once per (strategy, dataset); each fold then continues from that model.
+Reads ``transfer.strategies.<strategy>``, ``evaluation``, ``models``, ``trainer``, ``seed`` and
+the dataset card; runs the repeated grouped k-fold
+(:func:`kappaflow.evaluation.protocol.cross_validate`) with the strategy's per-fold fit/predict
+(:func:`kappaflow.transfer.fit_predict.build_fit_predict`; models learn log10 κ, κ in W/m/K).
 
 Outputs, per strategy × dataset (``models/finetune/<strategy>/<dataset>/``): ``cv.json`` (per-fold
 and mean ± std metrics), ``predictions.csv`` (out-of-fold κ) and, for strategies trained by
 gradient descent, ``folds/repeat<r>-fold<f>.pt``: every fold's model as a one-file export
 (:func:`kappaflow.training.export.save_model`; the k-fold ensemble the registry serves, its
-held-out error being exactly this stage's CV error). Fold checkpoints and finished fold
-predictions live under ``.cache/kappaflow/finetune/`` so a crashed stage resumes where it stopped.
+held-out error being exactly this stage's CV error). A crashed stage resumes from the fold cache
+(:func:`kappaflow.transfer.fit_predict.fold_cache_dir`).
 """
 
 from __future__ import annotations

@@ -73,11 +73,13 @@ def load_model(args: argparse.Namespace, cfg: Any) -> tuple[KappaEnsemble, Domai
     if args.model_uri:
         import mlflow
 
+        from kappaflow.registry.champion import load_champion, resolve_model
         from kappaflow.tracking.runs import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri(cfg))
-        model = mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model()
-        return model.ensemble, model.domain, args.model_uri
+        uri, info = resolve_model(cfg, args.model_uri)
+        model = load_champion(uri, "auto", info)  # verified ensemble data; no registry code runs
+        return model.ensemble, model.domain, uri
     if args.members:
         paths = sorted(glob.glob(args.members))
         if not paths:

@@ -98,6 +98,16 @@ def graph_cache_path(cfg: DictConfig, name: str) -> Path:
     return project_root() / cfg.paths.graphs_dir / f"{name}.pt"
 
 
+def baseline_dir(cfg: DictConfig, baseline: str, dataset: str) -> Path:
+    """``models/baselines/<baseline>/<dataset>/``: a baseline's CV record (``cv.json``) on a set."""
+    return project_root() / cfg.paths.models_dir / "baselines" / baseline / dataset
+
+
+def finetune_dir(cfg: DictConfig, strategy: str, dataset: str) -> Path:
+    """``models/finetune/<strategy>/<dataset>/``: a strategy's CV record, predictions, folds."""
+    return project_root() / cfg.paths.models_dir / "finetune" / strategy / dataset
+
+
 def load_prepared(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """Read ``out_dir/valid.parquet`` (structure columns hold numpy arrays, or None).
 

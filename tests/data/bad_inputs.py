@@ -43,7 +43,15 @@ COMPOSITION_SPEC = DatasetSpec(
     targets=(TargetSpec("e_form", "e_form", "eV/atom"),),
 )
 #: Options used with the corpus (max_sites=16 so that a 24-site cell is too big).
-OPTS = ValidationOptions(cutoff=8.0, min_distance=0.5, max_sites=16, symprec=0.1)
+#: Small file / time limits and the dimensionality check on, so that each hostile case is cheap.
+OPTS = ValidationOptions(
+    cutoff=8.0,
+    min_distance=0.5,
+    max_sites=16,
+    symprec=0.1,
+    max_file_bytes=100_000,
+    dimensionality_in_prepare=True,
+)
 COLUMNS = ("id", "formula", "cif", "kappa_wmk", "e_form")
 
 
@@ -262,7 +270,31 @@ def _cases() -> list[Case]:
         cif=base.replace(first_atom, first_atom + "\n" + first_atom),
     )
     tiny = Structure(Lattice.cubic(0.3), ["Na"], [[0, 0, 0]])
-    add("cell_too_dense", Reason.OVERLAPPING_ATOMS, formula="Na", cif=cif_text(tiny))
+    add("cell_too_dense", Reason.CELL_TOO_SMALL, formula="Na", cif=cif_text(tiny))
+    # hostile input (the file-level probes are in tests/structure/hostile_inputs.py)
+    import hostile_inputs as hi
+
+    add("cell_length_1e30", Reason.CELL_TOO_LARGE, cif=_set_tag(base, "_cell_length_a", "1e30"))
+    add("cell_length_1e8", Reason.CELL_TOO_LARGE, cif=_set_tag(base, "_cell_length_a", "1e8"))
+    add("cif_text_too_large", Reason.FILE_TOO_LARGE, cif=base + "#" * 100_001)
+    add(
+        "frac_1e30", Reason.COORDINATES_OUT_OF_RANGE, cif=hi.p1_cif(hi._sites(1e30), coord_fmt="{}")
+    )
+    add(
+        "two_data_blocks",
+        Reason.MULTIPLE_BLOCKS,
+        cif=base + "\n" + base.replace("data_", "data_b2"),
+    )
+    add(
+        "coplanar_119p99",
+        Reason.DEGENERATE_CELL,
+        cif=hi.nacl_cif(alpha=119.99, beta=119.99, gamma=119.99),
+    )
+    dense = Structure(Lattice.cubic(1.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    add("1p2_angstrom_cube", Reason.VOLUME_PER_ATOM_TOO_SMALL, cif=cif_text(dense))
+    sparse = Structure(Lattice.cubic(20.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    add("20_angstrom_cube_2_atoms", Reason.VOLUME_PER_ATOM_TOO_LARGE, cif=cif_text(sparse))
+    add("slab_30A_vacuum", Reason.LOW_DIMENSIONAL, cif=hi.slab_cif())
     lonely = Structure(Lattice.cubic(10.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     add("atoms_8p7_angstrom_apart", Reason.ISOLATED_ATOM, cif=cif_text(lonely))
     add("24_sites_over_max_16", Reason.TOO_MANY_SITES, cif=cif_text(nacl() * (1, 1, 3)))

@@ -231,3 +231,35 @@ def test_summary_is_logged(synthetic, tmp_path: Path, caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if r.name == "kappaflow.data.prepare"]
     assert len(lines) == 1
     assert f"{report.n_valid} valid, {report.n_quarantined} quarantined" in lines[0]
+
+
+HOSTILE = [c for c in CASES if c.name in {
+    "cell_length_1e30", "cell_length_1e8", "cif_text_too_large", "frac_1e30", "two_data_blocks",
+    "coplanar_119p99", "1p2_angstrom_cube", "20_angstrom_cube_2_atoms", "slab_30A_vacuum",
+}]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=lambda c: c.name)
+def test_good_rows_plus_one_hostile_row_write_a_full_report(case, tmp_path: Path) -> None:
+    goods = [g.row for g in good_cases()]
+    raw = write_table(tmp_path / "toy.csv.gz", [*goods, case.row])
+    report = prepare_dataset(SPEC, raw, tmp_path / "out", OPTS, n_jobs=1, progress=False)
+    assert report.n_input == report.n_valid + report.n_quarantined == len(goods) + 1
+    assert report.n_valid == len(goods) and report.reasons == {case.reason.value: 1}
+    assert json.loads((tmp_path / "out/report.json").read_text())["n_input"] == len(goods) + 1
+
+
+def test_parse_timeout_in_pool_workers(tmp_path: Path) -> None:
+    """A slow symmetrised CIF is stopped in its worker (forked child) and quarantined."""
+    from dataclasses import replace
+
+    from hostile_inputs import fm3m_general_positions
+
+    goods = [g.row for g in good_cases()]
+    slow = row("slow-fm3m", formula="Na", cif=fm3m_general_positions(300))
+    raw = write_table(tmp_path / "toy.csv.gz", [*goods, slow])
+    opts = replace(OPTS, max_sites=None, parse_timeout=1.0)
+    report = prepare_dataset(SPEC, raw, tmp_path / "out", opts, n_jobs=2, progress=False,
+                             chunk_size=2)  # fmt: skip
+    assert report.n_input == report.n_valid + report.n_quarantined
+    assert report.reasons == {Reason.PARSE_TIMEOUT.value: 1}

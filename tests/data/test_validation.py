@@ -23,8 +23,16 @@ from kappaflow.structure.crystal import CrystalArrays
 
 def test_corpus_covers_every_row_level_reason() -> None:
     covered = {c.reason for c in CASES}
-    # duplicate_id needs state across rows: covered in test_prepare.
-    assert set(Reason) - covered == {Reason.DUPLICATE_ID}
+    # duplicate_id needs state across rows: covered in test_prepare. File-level reasons are
+    # covered by tests/structure/test_hostile_inputs.py; check_failed is the safety net for
+    # unforeseen exceptions.
+    file_level = {
+        Reason.MISSING_FILE, Reason.IS_DIRECTORY, Reason.NOT_REGULAR_FILE, Reason.SYMLINK_LOOP,
+        Reason.UNREADABLE_FILE, Reason.UNKNOWN_FORMAT, Reason.MALFORMED_POSCAR,
+        Reason.POSCAR_TOO_SHORT, Reason.POSCAR_COUNT_MISMATCH, Reason.CHECK_FAILED,
+        Reason.PARSE_TIMEOUT,
+    }  # fmt: skip
+    assert set(Reason) - covered == {Reason.DUPLICATE_ID} | file_level
     assert len(CASES) >= 22
     assert len({c.name for c in CASES}) == len(CASES)
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import struct
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,3 +134,29 @@ def test_empty_isolated_count(tmp_path: Path) -> None:
     pd.DataFrame([rec]).to_parquet(path, index=False)
     summary = build_graph_cache(path, tmp_path / "g.pt", 0.5, 12, ["t"], progress=False)
     assert summary["n_isolated_atoms"] == 2 and summary["n_edges"] == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_cache_is_reported_with_the_rebuild_command(
+    parquet: Path, tmp_path: Path, damage: str
+) -> None:
+    from kappaflow.io_utils import CorruptFileError
+
+    out = tmp_path / "toy.pt"
+    _build(parquet, out, n_jobs=1)
+    data = out.read_bytes()
+    if damage == "truncate":  # torch.load alone: OSError [Errno 22] Invalid argument
+        out.write_bytes(data[: len(data) // 2])
+        reason = "not a complete zip archive"
+    else:  # a flipped byte inside a tensor: torch.load alone loads it silently
+        with zipfile.ZipFile(out) as z:
+            info = max(z.infolist(), key=lambda m: m.file_size)  # the biggest tensor
+        name_len, extra_len = struct.unpack(
+            "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+        )
+        i = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        out.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
+        reason = "CRC-32"
+    with pytest.raises(CorruptFileError, match=reason) as err:
+        load_graph_cache(out)
+    assert str(out) in str(err.value) and "dvc repro featurize@toy" in str(err.value)

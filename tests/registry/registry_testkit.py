@@ -143,10 +143,41 @@ def write_candidate(
             "n_rows": n_rows,
         },
         "summary": {"log10_mae_mean": metric, "log10_mae_std": 0.01},
-        "folds": [{"repeat": 0, "fold": k, "log10_mae": metric} for k in range(n_members)],
+        "folds": _folds(metric, n_members, n_rows),
     }
     (out / "cv.json").write_text(json.dumps(cv))
     return write_members(out / "folds", n_members, seed=seed)
+
+
+def _folds(metric: float, n_folds: int, n_rows: int) -> list[dict[str, Any]]:
+    """Per-fold records as the CV protocol writes them (same log10-MAE in every fold)."""
+    n_test = n_rows // n_folds
+    return [
+        {
+            "repeat": 0,
+            "fold": k,
+            "n_train": n_rows - n_test - 1,
+            "n_val": 1,
+            "n_test": n_test,
+            "metrics": {"log10_mae": metric},
+        }
+        for k in range(n_folds)
+    ]
+
+
+def write_baseline(
+    root: Path, name: str, dataset: str, metric: float, n_folds: int = 2, n_rows: int = 6
+) -> Path:
+    """models/baselines/<name>/<dataset>/cv.json as the evaluate stage writes it."""
+    out = root / "models" / "baselines" / name / dataset
+    out.mkdir(parents=True, exist_ok=True)
+    cv = {
+        "strategy": f"baseline:{name}",
+        "dataset": dataset,
+        "folds": _folds(metric, n_folds, n_rows),
+    }
+    (out / "cv.json").write_text(json.dumps(cv))
+    return out / "cv.json"
 
 
 def tiny_cfg(root: Path, dataset: str = "paraisite_d1") -> Any:
@@ -160,6 +191,10 @@ def tiny_cfg(root: Path, dataset: str = "paraisite_d1") -> Any:
     cfg.graphs.cutoff = CUTOFF
     cfg.graphs.max_neighbors = MAX_NEIGHBORS
     cfg.registry.dataset = dataset
+    # Fake fold models with made-up CV numbers and no baseline results: the gate is relaxed
+    # explicitly, as smoke runs do (the gate itself: tests/registry/test_promotion.py and
+    # test_register_stage.py::test_gate_blocks_a_candidate_that_loses_to_a_baseline).
+    cfg.registry.gate.enforce = False
     cfg.screen.datasets = [dataset]
     cfg.screen.batch_size = 4
     cfg.screen.top_n = 3

@@ -1,4 +1,8 @@
-"""The pyfunc: log -> load (models from code, weights_only members) -> predict CIFs."""
+"""The pyfunc: log -> load (models from code, weights_only members) -> predict CIFs.
+
+This is the MLflow UI / serving path; ``kappaflow predict``/``screen`` load the ensemble
+artifact without it (tests/registry/test_trust.py, tests/screen/test_predict_trust.py).
+"""
 
 from __future__ import annotations
 
@@ -100,8 +104,11 @@ def test_artifacts_are_weights_only_files_and_requirements_are_explicit(model_ur
     import mlflow
     import torch
 
+    from kappaflow.registry.trust import ENSEMBLE_SUBPATH
+
     root = Path(mlflow.artifacts.download_artifacts(model_uri))
-    spec = json.loads((root / "artifacts/ensemble/ensemble.json").read_text())
+    # where kappaflow's own (code-free) load path looks for the ensemble in a logged model
+    spec = json.loads((root / ENSEMBLE_SUBPATH / "ensemble.json").read_text())
     assert len(spec["members"]) == 3 and spec["graph"]["cutoff"] == kit.CUTOFF
     for member in spec["members"]:
         payload = torch.load(root / "artifacts/ensemble" / member, weights_only=True)

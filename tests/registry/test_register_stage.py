@@ -104,3 +104,33 @@ def test_champion_on_another_dataset_is_not_comparable(tiny_project):
     assert out["promoted"] and "not comparable" in out["decision"]
     assert "dataset paraisite_d1 vs paraisite_d2" in out["decision"]
     assert out["aliases"] == {"champion": 2, "challenger": 1}
+
+
+def test_gate_blocks_a_candidate_that_loses_to_a_baseline(tiny_project):
+    from mlflow import MlflowClient
+
+    from kappaflow.stages.register import register_stage
+    from kappaflow.stages.screen import screen_stage
+
+    root, cfg = tiny_project
+    cfg.registry.gate.enforce = True
+    kit.write_candidate(root, "finetune", DS, 0.30, seed=1)
+    kit.write_baseline(root, "median", DS, 0.60)
+    kit.write_baseline(root, "magpie_rf", DS, 0.20)  # the random forest is better
+    out = register_stage(cfg)
+    assert not out["promoted"] and out["decision"].startswith("no champion:")
+    assert "does not beat magpie_rf" in out["decision"] and "Δ log10_mae +0.100" in out["decision"]
+    assert out["gate"]["comparisons"]["median"]["mean_diff"] == pytest.approx(-0.30)
+    record = json.loads((root / "models/champion.json").read_text())
+    assert record["version"] is None and "magpie_rf" in record["no_champion"]
+    v1 = MlflowClient().get_model_version(NAME, "1")
+    assert v1.tags["gated"] == "false" and "folds_log10_mae" in v1.tags
+    assert "FAILED" in (root / "reports/registry/decision.md").read_text()
+    summary = screen_stage(cfg)  # no champion: nothing scored, the reason written, no crash
+    assert summary["n_scored"] == 0 and "no champion" in summary["no_champion"]
+    assert (root / "reports/screen/ranked.csv").read_text().startswith("rank,")
+
+    kit.write_candidate(root, "freeze", DS, 0.10, seed=2)  # beats both baselines on every fold
+    better = register_stage(cfg)
+    assert better["promoted"] and better["gate"]["passed"]
+    assert MlflowClient().get_model_version(NAME, "2").tags["gated"] == "true"

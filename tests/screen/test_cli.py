@@ -77,3 +77,27 @@ def test_screen_command_on_a_directory_only(champion_project, capsys):
     assert main(["screen", "--only-dirs", "--dir", str(files)]) == 0
     summary = json.loads((root / "reports/screen/summary.json").read_text())
     assert summary["n_pool"] == 3 and summary["n_scored"] == 2 and summary["n_quarantined"] == 1
+
+
+def test_predict_scores_the_good_file_among_hostile_ones(champion_project, capsys, tmp_path):
+    """Every hostile file gets an `ERROR file: reason` line; the good file is still scored."""
+    from hostile_inputs import write_corpus
+    from kappaflow.cli import main
+    from kappaflow.structure.cif import escape_control
+
+    _, _, files = champion_project
+    corpus = [
+        (p, path)
+        for p, path in write_corpus(tmp_path / "hostile", include_large=False)
+        if p.reason != "parse_timeout"  # 10 s budget from params.yaml; covered elsewhere
+    ]
+    good = str(files / "NaCl.cif")
+    paths = [str(corpus[0][1]), good, *(str(path) for _, path in corpus[1:])]
+    code = main(["predict", "--model-uri", "models:/kappaflow-kappa/1", *paths])
+    out, err = capsys.readouterr()
+    assert code == 1
+    for probe, path in corpus:
+        assert f"ERROR {escape_control(str(path))}: {probe.reason}:" in err, probe.name
+    assert any(line.startswith(good) and " NaCl " in line for line in out.splitlines())
+    errors = [line for line in err.splitlines() if line.startswith("ERROR ")]
+    assert len(errors) == len(corpus)  # a newline in a file name cannot add a line

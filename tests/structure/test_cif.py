@@ -107,9 +107,14 @@ def test_symmetrized_cif_goes_through_pymatgen_fallback(monkeypatch) -> None:
     assert_same_crystal(c, pymatgen_reference(text))
 
 
-def test_multiblock_cif_uses_first_structure() -> None:
+def test_multiblock_cif_is_rejected_not_guessed() -> None:
+    # Two structures in one file: which one was meant is unknown, so neither is scored.
     text = cif_text(nacl()) + "\n" + cif_text(sic_zincblende()).replace("data_SiC", "data_b2")
-    c = parse_cif(text)
+    with pytest.raises(CifError) as info:
+        parse_cif(text)
+    assert info.value.reason == Reason.MULTIPLE_BLOCKS
+    # A header block without a structure does not count.
+    c = parse_cif("data_global\n_journal_year 2024\n" + cif_text(nacl()))
     assert sorted(set(c.numbers.tolist())) == [11, 17]
 
 

@@ -71,7 +71,7 @@ def test_team_settings_come_from_env_or_flags_and_never_put_secrets_in_argv() ->
     assert not settings_from_config(CFG, team=True, env=env, auth=False).auth
 
     cmd = server_command(s)
-    assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
+    assert cmd[cmd.index("--app-name") + 1] == "kappaflow-auth"  # basic auth + login limiter
     assert not any("s3cret" in part for part in cmd)
     admin = auth.AdminCredentials("admin", "admin-password-123", "test")
     base = {"MLFLOW_TRACKING_URI": "http://x", "MLFLOW_TRACKING_PASSWORD": "client", "PATH": "/bin"}
@@ -221,3 +221,137 @@ def test_embedded_server_starts_on_loopback_and_stops_on_sigterm(tmp_path: Path)
     assert not kit.alive(tree), "server processes left after SIGTERM"
     log = (tmp_path / "server.log").read_text()
     assert f"Uvicorn running on {url}" in log and "Finished server process" in log
+
+
+def test_team_default_permission_is_read_only_for_others() -> None:
+    env = {"KAPPAFLOW_MLFLOW_BACKEND_URI": PG, "KAPPAFLOW_MLFLOW_ARTIFACTS": "s3://bucket/ml"}
+    team_cfg = {**CFG, "team": {**CFG["team"], "default_permission": None}}
+    assert settings_from_config(team_cfg, team=True, env=env).default_permission == "READ"
+    from kappaflow.config import compose
+
+    composed = compose(["tracking=server"]).tracking.server.team
+    assert composed.default_permission == "READ" and composed.login_limit.user_failures >= 1
+
+
+def test_auth_ini_never_holds_the_database_password(tmp_path: Path) -> None:
+    uri, password = auth.split_password(PG)
+    assert (
+        password == "s3cret-pw" and "s3cret" not in uri and uri.endswith("@db.example:5432/mlflow")
+    )
+    assert auth.split_password("sqlite:////tmp/a.db") == ("sqlite:////tmp/a.db", None)
+    with pytest.raises(auth.AuthConfigError, match="PGPASSWORD"):
+        auth.write_auth_config(PG, directory=tmp_path / "a")
+    env = {"KAPPAFLOW_MLFLOW_BACKEND_URI": PG, "KAPPAFLOW_MLFLOW_ARTIFACTS": "/srv/a"}
+    s = settings_from_config(CFG, team=True, env=env)
+    server = server_env(s, auth_config_path="/x/basic_auth.ini", db_password=password, base={})
+    assert server["PGPASSWORD"] == "s3cret-pw"
+    with pytest.raises(ServerError, match="PGPASSWORD"):
+        server_env(s, auth_config_path="/x", db_password=password, base={"PGPASSWORD": "other"})
+
+
+def test_login_limiter_blocks_before_the_hash_and_backs_off() -> None:
+    from kappaflow.tracking.auth_app import LimitSettings, LoginLimiter
+
+    now = [0.0]
+    lim = LoginLimiter(LimitSettings(user_failures=3, address_failures=10), clock=lambda: now[0])
+    bob = ("addr:10.0.0.1", "user:bob")
+    for _ in range(3):
+        assert lim.acquire(bob) == 0.0
+        lim.release(bob, failed=True, credentials=("bob", "guess"))
+    assert lim.acquire(bob) == pytest.approx(1.0)  # blocked: no attempt admitted
+    now[0] += 1.1
+    assert lim.acquire(bob) == 0.0
+    lim.release(bob, failed=True)
+    assert lim.acquire(bob) == pytest.approx(2.0)  # doubles per further failure
+    other = ("addr:10.0.0.1", "user:carol")  # same address, other user: under the address limit
+    assert lim.acquire(other) == 0.0
+    assert lim.acquire(("addr:10.0.0.1", "user:carol")) == 0.0  # no failure yet: parallel ok
+    lim.release(other, failed=False, credentials=("carol", "right-password"))
+    assert lim.is_known_good("carol", "right-password")
+    assert not lim.is_known_good("carol", "wrong")
+    now[0] += 1000  # window over: forgotten
+    assert lim.acquire(bob) == 0.0
+
+
+def test_login_limit_middleware_answers_429_with_retry_after() -> None:
+    import asyncio
+    import base64
+
+    from kappaflow.tracking.auth_app import LimitSettings, LoginLimiter, LoginLimitMiddleware
+
+    calls = []
+
+    async def app(scope, receive, send):  # 401 unless the password is right (a "hash" each)
+        calls.append(scope["path"])
+        ok = dict(scope["headers"]).get(b"authorization") == b"Basic " + base64.b64encode(
+            b"bob:right-password"
+        )
+        await send({"type": "http.response.start", "status": 200 if ok else 401, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = LoginLimitMiddleware(app, LoginLimiter(LimitSettings(user_failures=2)))
+
+    def get(password: str | None, path: str = "/api/2.0/mlflow/experiments/search"):
+        headers = []
+        if password is not None:
+            token = base64.b64encode(f"bob:{password}".encode())
+            headers.append((b"authorization", b"Basic " + token))
+        scope = {"type": "http", "path": path, "headers": headers, "client": ("127.0.0.1", 1)}
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        asyncio.run(mw(scope, receive, send))
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    assert get("right-password")[0] == 200
+    assert [get("wrong")[0] for _ in range(2)] == [401, 401]
+    n = len(calls)
+    status, headers = get("wrong")
+    assert status == 429 and int(headers[b"retry-after"]) >= 1 and len(calls) == n  # no check
+    assert get("right-password")[0] == 200  # verified credentials still pass
+    assert get(None)[0] == 401 and get("wrong", "/health")[0] == 401  # not limited
+
+
+def test_stale_server_group_is_reaped_only_if_ours(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from kappaflow.tracking.server import TOKEN_ENV, is_our_server_process, reap_stale_server
+
+    def fake_server(token: str) -> subprocess.Popen:
+        return subprocess.Popen(  # cmdline names mlflow server; env carries the token
+            [sys.executable, "-c", "import time; time.sleep(120)", "mlflow", "server"],
+            env={**os.environ, TOKEN_ENV: token},
+            start_new_session=True,
+        )
+
+    ours, foreign = fake_server("tok-ours"), fake_server("tok-foreign")
+    auth_dir = tmp_path / "kappaflow-mlflow-auth-x"
+    auth_dir.mkdir()
+    try:
+        assert is_our_server_process(ours.pid, "tok-ours")
+        assert not is_our_server_process(foreign.pid, "tok-ours")
+        pid_file = tmp_path / "server-1.pid"
+        dead_owner = {"owner_pid": 2**22 - 1, "owner_start": 1, "auth_dir": str(auth_dir)}
+        pid_file.write_text(json.dumps({**dead_owner, "pgid": foreign.pid, "token": "tok-ours"}))
+        assert reap_stale_server(pid_file) == [] and foreign.poll() is None  # not ours: kept
+        assert not pid_file.exists() and not auth_dir.exists()
+        pid_file.write_text(json.dumps({**dead_owner, "pgid": ours.pid, "token": "tok-ours"}))
+        assert reap_stale_server(pid_file) == [ours.pid]
+        assert ours.wait(10) == -signal.SIGTERM
+        from kappaflow.tracking.server import _start_time
+
+        me = {"owner_pid": os.getpid(), "owner_start": _start_time(os.getpid())}
+        pid_file.write_text(json.dumps({**me, "pgid": foreign.pid, "token": "tok-foreign"}))
+        assert reap_stale_server(pid_file) == [] and pid_file.exists()  # live owner: left alone
+    finally:
+        for proc in (ours, foreign):
+            proc.kill()
+            proc.wait()

@@ -2,7 +2,10 @@
 
 ``predict`` prints κ (W/m/K) with its ±1σ band, σ (std over ensemble members of log10 κ) and
 the domain flag for each CIF/POSCAR file, using ``models:/<registry.model_name>@champion`` from
-the tracking store of ``params.yaml`` (or ``--model-uri``). A file that cannot be read or
+the tracking store of ``params.yaml`` (or ``--model-uri``, a ``models:/`` version or alias). Only
+the model's ensemble data is downloaded and it is used only if its sha256 matches the version's
+``ensemble_sha256`` tag and, for the version ``models/champion.json`` pins, that record; no code
+stored with the model runs (:mod:`kappaflow.registry.trust`). A file that cannot be read or
 scored prints ``ERROR <file>: <reason>`` on stderr; the other files are still predicted, and the
 exit code is 1 if any file failed.
 
@@ -59,17 +62,40 @@ def _load_cfg() -> Any:
         return None
 
 
-def _cif_text(path: Path) -> str:
+def _options(cfg: Any) -> Any:
+    """Return the ``validation`` limits of ``params.yaml``, or the defaults without one."""
+    from omegaconf import OmegaConf
+
+    from kappaflow.data.validation import ValidationOptions
+
+    if cfg is None or cfg.get("validation") is None:
+        return ValidationOptions()
+    raw = OmegaConf.to_container(cfg.validation, resolve=True)
+    assert isinstance(raw, dict)
+    raw.pop("n_jobs", None)
+    return ValidationOptions.from_mapping(raw)
+
+
+def _cif_text(path: Path, opts: Any) -> str:
     """Return the file's CIF text (POSCARs are converted with pymatgen ``CifWriter``).
 
-    Raises:
-        CifError, StructureFileError: the file cannot be read as a structure.
-    """
-    from kappaflow.structure.cif import parse_structure_file
+    The file is stat-ed before it is opened, parsed within the limits of ``opts`` and checked
+    (:func:`kappaflow.data.validation.check_crystal`) before the model sees it.
 
-    crystal = parse_structure_file(path)
+    Raises:
+        CifError, StructureFileError: the file cannot be read as a structure, or fails a check
+            (``CifError`` with the rejection's reason).
+    """
+    from kappaflow.data.validation import check_crystal
+    from kappaflow.structure.cif import CifError, parse_structure_file, read_structure_text
+
+    limits = opts.parse_limits()
+    crystal = parse_structure_file(path, limits)
+    rejection = check_crystal(crystal, opts)
+    if rejection is not None:
+        raise CifError(rejection.reason, rejection.detail)
     if path.name.lower().endswith((".cif", ".mcif")):
-        return path.read_text(encoding="utf-8", errors="replace")
+        return read_structure_text(path, limits)
     from pymatgen.io.cif import CifWriter
 
     return str(CifWriter(crystal.to_structure()))
@@ -81,6 +107,8 @@ def _fmt(x: float) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Plain-text table of successful prediction rows."""
+    from kappaflow.structure.cif import escape_control
+
     head = ("file", "formula", "κ (W/m/K)", "±1σ band (W/m/K)", "σ(log10)", "in domain")
     body = []
     for r in rows:
@@ -88,7 +116,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         sigma = r["sigma_log10"]
         band = f"[{_fmt(r['kappa_lo'])}, {_fmt(r['kappa_hi'])}]"
         body.append(
-            (r["id"], r["formula"], _fmt(r["kappa"]), band, f"{sigma:.3f}", dom)  # noqa: E501
+            (
+                escape_control(str(r["id"])),
+                r["formula"],
+                _fmt(r["kappa"]),
+                band,
+                f"{sigma:.3f}",
+                dom,
+            )
         )
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head) - 1)]
     lines = []
@@ -103,9 +138,9 @@ def predict_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ["KAPPAFLOW_DEVICE"] = args.device
     import mlflow
-    import pandas as pd
 
-    from kappaflow.structure.cif import CifError, StructureFileError
+    from kappaflow.registry.predictor import predict_cifs
+    from kappaflow.structure.cif import CifError, StructureFileError, escape_control
     from kappaflow.tracking.runs import quiet_mlflow, tracking_uri
 
     cfg = _load_cfg()
@@ -118,32 +153,61 @@ def predict_command(args: argparse.Namespace) -> int:
         return 2
     quiet_mlflow()
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except Exception as exc:  # MLflow raises many types (missing alias, store errors)
-        print(f"ERROR: cannot load model {uri}: {exc}", file=sys.stderr)
-        return 2
+    from kappaflow.registry.champion import NoChampionError, load_champion, resolve_model
+    from kappaflow.registry.trust import UntrustedModelError
 
+    try:  # only the verified ensemble data is downloaded; no code from the registry runs
+        uri, info = resolve_model(cfg, uri)
+        model = load_champion(uri, args.device, info)
+    except (UntrustedModelError, NoChampionError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # MLflow raises many types (missing alias, store errors)
+        print(
+            f"ERROR: cannot load model {uri}: {exc} (no champion yet? `dvc repro register` "
+            "registers one; `dvc repro` runs the whole pipeline)",
+            file=sys.stderr,
+        )
+        return 2
+    if info["pinned"] is None:
+        print(
+            f"note: {uri} (v{info['version']}) is not the version models/champion.json pins; "
+            "it was checked against its own ensemble_sha256 tag only",
+            file=sys.stderr,
+        )
+
+    try:
+        opts = _options(cfg)
+    except (KeyError, ValueError) as exc:
+        print(f"ERROR: bad validation settings in params.yaml: {exc}", file=sys.stderr)
+        return 2
     failed = False
     ids, texts = [], []
     for name in args.files:
+        shown = escape_control(name)
         try:
-            texts.append(_cif_text(Path(name)))
+            texts.append(_cif_text(Path(name), opts))
             ids.append(name)
-        except CifError as exc:
-            print(f"ERROR {name}: {exc.reason.value}: {exc.detail}", file=sys.stderr)
+        except (CifError, StructureFileError) as exc:
+            detail = escape_control(exc.detail)
+            print(f"ERROR {shown}: {exc.reason.value}: {detail}", file=sys.stderr)
             failed = True
-        except (StructureFileError, OSError) as exc:
-            print(f"ERROR {name}: {exc}", file=sys.stderr)
+        except Exception as exc:  # one hostile file never stops the others
+            msg = escape_control(f"{type(exc).__name__}: {exc}")
+            print(f"ERROR {shown}: check_failed: {msg}", file=sys.stderr)
             failed = True
     rows: list[dict[str, Any]] = []
     if texts:
-        result = model.predict(pd.DataFrame({"id": ids, "cif": texts}))
+        batch = int(os.environ.get("KAPPAFLOW_BATCH_SIZE", "64"))
+        result = predict_cifs(model.ensemble, model.domain, texts, ids, batch)
         rows = result.to_dict(orient="records")
     good = []
     for r in rows:
         if r["error"]:
-            print(f"ERROR {r['id']}: {r['error']}", file=sys.stderr)
+            print(
+                f"ERROR {escape_control(str(r['id']))}: {escape_control(str(r['error']))}",
+                file=sys.stderr,
+            )
             failed = True
         else:
             good.append(r)

@@ -12,10 +12,20 @@ element, which distance, which value). Checks, cheapest first:
 4. structure datasets only: CIF present and parseable (``missing_cif``, ``malformed_cif``,
    ``no_sites``, ``partial_occupancy``, ``unknown_element``; see :mod:`kappaflow.structure.cif`),
    elements in :data:`kappaflow.structure.elements.SUPPORTED_Z` (``unsupported_element``), site
-   count (``too_many_sites``), cell volume (``nonpositive_volume``), reduced formula of the
+   count (``too_many_sites``), cell volume (``nonpositive_volume``), cell lengths
+   (``cell_too_large``, ``cell_too_small``), nearly coplanar cell vectors (``degenerate_cell``),
+   volume per atom (``volume_per_atom_too_small`` / ``_too_large``), reduced formula of the
    structure equals that of the formula column (``formula_mismatch``), no two atoms closer
    than ``min_distance`` (``overlapping_atoms``), every atom has a neighbour within ``cutoff``
-   (``isolated_atom``: it would have no edge in the crystal graph).
+   (``isolated_atom``: it would have no edge in the crystal graph), and (always in
+   :func:`check_crystal`, in ``prepare`` only with ``dimensionality_in_prepare``) the atoms
+   linked within ``dimensionality_radius`` form a 3D network (``low_dimensional``: slabs,
+   wires, molecules in vacuum get no κ).
+
+Limits on the input itself (CIF text size, ``_atom_site`` rows, |fractional coordinates|,
+parse time) are applied by the parser, before any expensive work
+(:meth:`ValidationOptions.parse_limits`). An unexpected exception while checking one row
+becomes a ``check_failed`` rejection: one row never stops a batch.
 
 The space group (spglib, or moyopy if chosen) is metadata: a failure gives -1, not a rejection.
 """
@@ -34,8 +44,9 @@ from typing import Any, Literal
 import numpy as np
 
 from kappaflow.cards import DatasetSpec, TargetSpec
-from kappaflow.structure.cif import CifError, Reason, parse_cif
+from kappaflow.structure.cif import CifError, ParseLimits, Reason, parse_cif
 from kappaflow.structure.crystal import CrystalArrays
+from kappaflow.structure.dimensionality import network_dimension
 from kappaflow.structure.elements import MAX_Z, SUPPORTED_Z
 from kappaflow.structure.neighbors import periodic_neighbors
 
@@ -77,16 +88,45 @@ class ValidationOptions:
             within it is quarantined as ``isolated_atom``. Use the graph builder's cutoff.
         min_distance: two atoms closer than this (Å) are ``overlapping_atoms``.
         max_sites: largest allowed number of sites per cell (``too_many_sites``); None: no limit.
+            1000 by default: the largest valid cell of the project's datasets has 624 sites.
         symprec: symmetry tolerance for the space-group number, Å.
         symmetry_backend: ``spglib`` (``spglib.get_symmetry_dataset``) or ``moyopy`` (same
             numbers on the MP data, about 7x faster; needs the ``moyopy`` package).
+        max_file_bytes: largest CIF text / structure file, bytes (``file_too_large``).
+        max_abs_frac: largest |fractional coordinate| before wrapping
+            (``coordinates_out_of_range``).
+        parse_timeout: seconds per slow-path parse in a killable child process
+            (``parse_timeout``); None: no budget.
+        min_cell_length: shortest allowed lattice vector, Å, as given (``cell_too_small``) or
+            of the LLL-reduced cell (``degenerate_cell``: nearly coplanar vectors).
+        max_cell_length: longest allowed lattice vector, Å (``cell_too_large``); bounds the
+            neighbour search's cell grid.
+        min_volume_per_atom: Å^3 (``volume_per_atom_too_small``).
+        max_volume_per_atom: Å^3 (``volume_per_atom_too_large``).
+        dimensionality_radius: atoms closer than this (Å) are linked; a crystal whose linked
+            network is not periodic in 3 directions is ``low_dimensional``. None: ``cutoff``
+            (no graph edge crosses the vacuum).
+        dimensionality_in_prepare: also apply the dimensionality check in ``prepare``
+            (:func:`validate_row`). Off by default: MP and matbench_dielectric hold ~2% 2D/0D
+            entries (monolayers, molecules in a box) that are valid for their targets; κ is
+            never predicted for them (:func:`check_crystal`, used by predict and screen,
+            always checks).
     """
 
     cutoff: float = 8.0
     min_distance: float = 0.5
-    max_sites: int | None = None
+    max_sites: int | None = 1000
     symprec: float = 0.1
     symmetry_backend: Literal["spglib", "moyopy"] = "spglib"
+    max_file_bytes: int | None = 10_000_000
+    max_abs_frac: float | None = 100.0
+    parse_timeout: float | None = 10.0
+    min_cell_length: float = 1.0
+    max_cell_length: float = 500.0
+    min_volume_per_atom: float = 1.0
+    max_volume_per_atom: float = 2500.0
+    dimensionality_radius: float | None = None
+    dimensionality_in_prepare: bool = False
 
     def __post_init__(self) -> None:
         if not self.cutoff > 0:
@@ -99,6 +139,29 @@ class ValidationOptions:
             raise ValueError(f"symprec must be > 0 Å, got {self.symprec}")
         if self.symmetry_backend not in ("spglib", "moyopy"):
             raise ValueError(f"unknown symmetry_backend {self.symmetry_backend!r}")
+        if not 0 < self.min_cell_length < self.max_cell_length:
+            raise ValueError(
+                f"need 0 < min_cell_length < max_cell_length, got {self.min_cell_length}, "
+                f"{self.max_cell_length}"
+            )
+        if not 0 < self.min_volume_per_atom < self.max_volume_per_atom:
+            raise ValueError(
+                f"need 0 < min_volume_per_atom < max_volume_per_atom, got "
+                f"{self.min_volume_per_atom}, {self.max_volume_per_atom}"
+            )
+        for name in ("max_file_bytes", "max_abs_frac", "parse_timeout", "dimensionality_radius"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
+
+    def parse_limits(self) -> ParseLimits:
+        """Return the parser limits (a :class:`~kappaflow.structure.cif.ParseLimits`)."""
+        return ParseLimits(
+            max_file_bytes=self.max_file_bytes,
+            max_sites=self.max_sites,
+            max_abs_frac=self.max_abs_frac,
+            parse_timeout=self.parse_timeout,
+        )
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> ValidationOptions:
@@ -314,13 +377,50 @@ def _check_elements_and_cell(crystal: CrystalArrays, opts: ValidationOptions) ->
     lat = crystal.lattice
     if not np.isfinite(lat).all() or not np.isfinite(crystal.frac_coords).all():
         return Rejection(Reason.NONPOSITIVE_VOLUME, "lattice or coordinates are not finite")
+    if np.abs(crystal.frac_coords).max() > 1e15:  # wrapping would lose every digit
+        return Rejection(Reason.COORDINATES_OUT_OF_RANGE, "|fractional coordinate| > 1e15")
+    lengths = np.linalg.norm(lat, axis=1)
+    if lengths.max() > opts.max_cell_length:
+        k = int(np.argmax(lengths))
+        return Rejection(
+            Reason.CELL_TOO_LARGE,
+            f"lattice vector {'abc'[k]} is {lengths[k]:.6g} Å > max_cell_length "
+            f"{opts.max_cell_length} Å",
+        )
     volume = float(np.linalg.det(lat))
-    scale = float(np.prod(np.linalg.norm(lat, axis=1)))
+    scale = float(np.prod(lengths))
     if volume <= DEGENERATE_VOLUME_FRACTION * scale:
         return Rejection(
             Reason.NONPOSITIVE_VOLUME,
             f"cell volume {volume:.6g} Å^3 (|a||b||c| = {scale:.6g} Å^3): degenerate or "
             "left-handed cell",
+        )
+    if lengths.min() < opts.min_cell_length:
+        k = int(np.argmin(lengths))
+        return Rejection(
+            Reason.CELL_TOO_SMALL,
+            f"lattice vector {'abc'[k]} is {lengths[k]:.4g} Å < min_cell_length "
+            f"{opts.min_cell_length} Å",
+        )
+    shortest = _shortest_lattice_vector(lat)
+    if shortest < opts.min_cell_length:
+        return Rejection(
+            Reason.DEGENERATE_CELL,
+            f"nearly coplanar cell vectors: a lattice translation of {shortest:.4g} Å "
+            f"(< min_cell_length {opts.min_cell_length} Å) although a, b, c are "
+            f"{', '.join(f'{x:.4g}' for x in lengths)} Å; volume / (|a||b||c|) = "
+            f"{volume / scale:.3g}",
+        )
+    per_atom = volume / crystal.n_sites
+    if per_atom < opts.min_volume_per_atom:
+        return Rejection(
+            Reason.VOLUME_PER_ATOM_TOO_SMALL,
+            f"{per_atom:.4g} Å^3 per atom < min_volume_per_atom {opts.min_volume_per_atom} Å^3",
+        )
+    if per_atom > opts.max_volume_per_atom:
+        return Rejection(
+            Reason.VOLUME_PER_ATOM_TOO_LARGE,
+            f"{per_atom:.4g} Å^3 per atom > max_volume_per_atom {opts.max_volume_per_atom} Å^3",
         )
     # Densest sphere packing: n points with all pairwise (incl. periodic) distances >= d need
     # at least n * d^3 / sqrt(2) of volume. Denser cells must overlap; this also keeps the
@@ -333,6 +433,28 @@ def _check_elements_and_cell(crystal: CrystalArrays, opts: ValidationOptions) ->
             f"{min_volume:.4g} Å^3 needed to keep all atoms {opts.min_distance} Å apart",
         )
     return None
+
+
+def _shortest_lattice_vector(lattice: np.ndarray) -> float:
+    """Length (Å) of the shortest LLL-reduced basis vector (<= 2x the shortest translation)."""
+    from pymatgen.core import Lattice
+
+    reduced = Lattice(lattice).get_lll_reduced_lattice().matrix
+    return float(np.linalg.norm(reduced, axis=1).min())
+
+
+def _check_dimension(crystal: CrystalArrays, opts: ValidationOptions) -> Rejection | None:
+    """``low_dimensional`` unless the atoms linked within the radius form a 3D network."""
+    radius = opts.cutoff if opts.dimensionality_radius is None else opts.dimensionality_radius
+    dim, ranks = network_dimension(crystal.lattice, crystal.frac_coords, radius)
+    if dim == 3:
+        return None
+    shape = {0: "molecule / cluster", 1: "wire / chain", 2: "slab / layer"}[dim]
+    return Rejection(
+        Reason.LOW_DIMENSIONAL,
+        f"{dim}D ({shape}): atoms linked within {radius} Å repeat in only "
+        f"{dim} direction(s) ({len(ranks)} component(s)); vacuum separates the periodic images",
+    )
 
 
 def _check_geometry(crystal: CrystalArrays, opts: ValidationOptions) -> Rejection | None:
@@ -379,10 +501,19 @@ def check_crystal(
 
     Returns:
         The first failed check (``no_sites``, ``unsupported_element``, ``too_many_sites``,
-        ``nonpositive_volume``, ``overlapping_atoms``, ``isolated_atom``), or None if it passes.
+        ``nonpositive_volume``, ``cell_too_large``, ``cell_too_small``, ``degenerate_cell``,
+        ``volume_per_atom_too_*``, ``overlapping_atoms``, ``isolated_atom``,
+        ``low_dimensional``; ``check_failed`` for an unexpected error), or None if it passes.
     """
     opts = opts or ValidationOptions()
-    return _check_elements_and_cell(crystal, opts) or _check_geometry(crystal, opts)
+    try:
+        return (
+            _check_elements_and_cell(crystal, opts)
+            or _check_geometry(crystal, opts)
+            or _check_dimension(crystal, opts)
+        )
+    except Exception as exc:  # one hostile structure must never stop a batch
+        return Rejection(Reason.CHECK_FAILED, f"{type(exc).__name__}: {exc}")
 
 
 def _parse_target(raw: object, target: TargetSpec) -> float | Rejection:
@@ -469,7 +600,23 @@ def validate_row(
     if _is_blank(raw_cif) or not isinstance(raw_cif, str):
         return Rejection(Reason.MISSING_CIF, f"{spec.cif_col}: no CIF text", rid)
     try:
-        crystal = parse_cif(raw_cif)
+        return _validate_structure(raw_cif, rid, formula, raw_formula, targets, spec, opts)
+    except Exception as exc:  # one hostile row must never stop the batch
+        return Rejection(Reason.CHECK_FAILED, f"{type(exc).__name__}: {exc}", rid)
+
+
+def _validate_structure(
+    raw_cif: str,
+    rid: str,
+    formula: str,
+    raw_formula: object,
+    targets: dict[str, float],
+    spec: DatasetSpec,
+    opts: ValidationOptions,
+) -> ValidRecord | Rejection:
+    """Parse (within the limits) and check the structure of a row whose other fields passed."""
+    try:
+        crystal = parse_cif(raw_cif, opts.parse_limits())
     except CifError as exc:
         return Rejection(exc.reason, exc.detail, rid)
 
@@ -483,6 +630,8 @@ def validate_row(
                 f"reduces to {formula}",
             )
     rejection = rejection or _check_geometry(crystal, opts)
+    if rejection is None and opts.dimensionality_in_prepare:
+        rejection = _check_dimension(crystal, opts)
     if rejection is not None:
         return Rejection(rejection.reason, rejection.detail, rid)
     sg = spacegroup_number(crystal, opts.symprec, opts.symmetry_backend)

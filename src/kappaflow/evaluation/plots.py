@@ -316,3 +316,34 @@ def extrapolation_plot(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def reliability_plot(
+    curves: Mapping[str, pd.DataFrame], path: PathLike, *, title: str | None = None
+) -> Path:
+    """Measured vs nominal coverage of calibrated κ intervals, one line per model.
+
+    Args:
+        curves: label -> table with ``nominal`` and ``coverage`` columns (fractions), e.g. from
+            :func:`kappaflow.evaluation.calibration.reliability_curve`.
+        path: output file.
+        title: figure title.
+
+    Returns:
+        The written path.
+    """
+    if not curves:
+        raise ValueError("no reliability curve to plot")
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls="--", label="ideal")
+    for label, table in curves.items():
+        ax.plot(table["nominal"], table["coverage"], marker=".", label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal coverage of the κ interval")
+    ax.set_ylabel("measured coverage (held-out folds)")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

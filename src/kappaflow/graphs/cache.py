@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,10 +36,12 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from kappaflow.io_utils import atomic_write
+from kappaflow.io_utils import CorruptFileError, atomic_write, verify_zip
 from kappaflow.structure.neighbors import periodic_neighbors
 
 FORMAT_VERSION = 1
+# What torch.load raises on a damaged archive (zip / pickle errors surface as these).
+_LOAD_ERRORS = (CorruptFileError, OSError, RuntimeError, EOFError, TypeError, pickle.PickleError)
 _REQUIRED_KEYS = ("z", "edge_index", "edge_dist", "y", "node_ptr", "edge_ptr", "ids", "meta")
 
 # A chunk of crystals in flat-array form: lattices [m, 3, 3], frac [n, 3], node offsets [m + 1]
@@ -302,6 +306,13 @@ class GraphDataset(Dataset[Data]):
 def load_graph_cache(path: str | os.PathLike[str]) -> GraphDataset:
     """Load a file written by :func:`build_graph_cache` (``torch.load(weights_only=True)``).
 
+    The file is checked first (:func:`kappaflow.io_utils.verify_zip`): ``torch.save`` archives
+    carry a CRC-32 per member, which ``torch.load`` itself ignores, so a truncated file (an
+    interrupted copy, a full disk) or flipped bytes are reported here, naming the file and the
+    command that rebuilds it, instead of an ``OSError [Errno 22]`` or silently wrong graphs.
+    The cache file's bytes (a DVC output) are unchanged by this check; a verified file version
+    is memoised per process.
+
     Args:
         path: the ``.pt`` cache file.
 
@@ -309,10 +320,31 @@ def load_graph_cache(path: str | os.PathLike[str]) -> GraphDataset:
         A :class:`GraphDataset` over all graphs.
 
     Raises:
+        FileNotFoundError: no such file.
+        CorruptFileError: (a ValueError) truncated or corrupt file, or one ``torch.load`` cannot
+            read; the message says how to rebuild it (``dvc repro featurize``).
         ValueError: unsupported ``format_version``.
     """
-    store = torch.load(path, map_location="cpu", weights_only=True)
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"graph cache {p} missing: {_rebuild_hint(p)}")
+    try:
+        verify_zip(p)
+        store = torch.load(p, map_location="cpu", weights_only=True)
+        if not isinstance(store, dict):
+            raise TypeError(f"holds a {type(store).__name__}, not a dict of tensors")
+    except _LOAD_ERRORS as err:
+        reason = str(err).removeprefix(f"{p}: ")
+        raise CorruptFileError(
+            f"graph cache {p} is truncated or corrupt ({type(err).__name__}: {reason}); "
+            f"{_rebuild_hint(p)}"
+        ) from err
     version = store.get("meta", {}).get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: graph cache format {version!r}, expected {FORMAT_VERSION}")
     return GraphDataset(store)
+
+
+def _rebuild_hint(path: Path) -> str:
+    """Return how to rebuild graph cache ``path`` (``data/graphs/<dataset>.pt``)."""
+    return f"rebuild it: `dvc repro featurize` (this dataset: `dvc repro featurize@{path.stem}`)"

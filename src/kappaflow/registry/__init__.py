@@ -23,6 +23,10 @@ _EXPORTS = {
     "predict_items": "kappaflow.registry.predictor",
     "resolve_model": "kappaflow.registry.champion",
     "load_champion": "kappaflow.registry.champion",
+    "LoadedModel": "kappaflow.registry.champion",
+    "UntrustedModelError": "kappaflow.registry.trust",
+    "verify_ensemble_dir": "kappaflow.registry.trust",
+    "ensemble_sha256": "kappaflow.registry.trust",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

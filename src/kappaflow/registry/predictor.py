@@ -23,6 +23,7 @@ import pandas as pd
 from kappaflow.structure.crystal import CrystalArrays
 
 if TYPE_CHECKING:
+    from kappaflow.data.validation import ValidationOptions
     from kappaflow.registry.domain import DomainInfo
     from kappaflow.registry.ensemble import KappaEnsemble
 
@@ -64,28 +65,54 @@ def _formula(crystal: CrystalArrays) -> str:
     return structure_formula(crystal)
 
 
-def item_from_cif(text: str, material_id: str, cutoff: float) -> Item:
+def default_options(cutoff: float) -> ValidationOptions:
+    """Return the validation limits for scoring with a model of graph cutoff ``cutoff`` (Å)."""
+    from kappaflow.data.validation import ValidationOptions
+
+    return ValidationOptions(cutoff=cutoff)
+
+
+def item_from_cif(
+    text: str, material_id: str, cutoff: float, opts: ValidationOptions | None = None
+) -> Item:
     """Parse and check one CIF; a problem becomes ``Item.error`` (never raises for bad data).
 
     Args:
         text: CIF contents.
         material_id: id of the row.
         cutoff: graph cutoff, Å (atoms without a neighbour within it are rejected).
+        opts: limits and thresholds (default :func:`default_options` of ``cutoff``); the
+            parse limits apply before any expensive work.
     """
     from kappaflow.structure.cif import CifError, parse_cif
 
+    opts = opts or default_options(cutoff)
     try:
-        crystal = parse_cif(text)
+        crystal = parse_cif(text, opts.parse_limits())
     except CifError as exc:
         return Item(material_id, None, "", f"{exc.reason.value}: {exc.detail}")
-    return checked_item(crystal, material_id, cutoff)
+    except Exception as exc:  # one hostile input never stops the batch
+        return Item(material_id, None, "", f"check_failed: {type(exc).__name__}: {exc}")
+    return checked_item(crystal, material_id, cutoff, opts)
 
 
-def checked_item(crystal: CrystalArrays, material_id: str, cutoff: float) -> Item:
-    """Run the structure checks on a parsed crystal; a failure becomes ``Item.error``."""
-    from kappaflow.data.validation import ValidationOptions, check_crystal
+def checked_item(
+    crystal: CrystalArrays,
+    material_id: str,
+    cutoff: float,
+    opts: ValidationOptions | None = None,
+) -> Item:
+    """Run the structure checks on a parsed crystal; a failure becomes ``Item.error``.
 
-    rejection = check_crystal(crystal, ValidationOptions(cutoff=cutoff))
+    Args:
+        crystal: the parsed crystal.
+        material_id: id of the row.
+        cutoff: graph cutoff, Å.
+        opts: limits and thresholds (default :func:`default_options` of ``cutoff``).
+    """
+    from kappaflow.data.validation import check_crystal
+
+    rejection = check_crystal(crystal, opts or default_options(cutoff))
     if rejection is not None:
         return Item(material_id, None, "", f"{rejection.reason.value}: {rejection.detail}")
     return Item(material_id, crystal, _formula(crystal))
@@ -127,9 +154,17 @@ def predict_items(
     rows: list[dict[str, Any]] = [
         {} if i in good_set else _error_row(it) for i, it in enumerate(items)
     ]
+    data = []
+    for i in list(good):  # a featurization failure is that item's error, not the batch's
+        it = items[i]
+        try:
+            data.append(ensemble.featurize(it.crystal, it.id, it.formula))  # type: ignore[arg-type]
+        except Exception as exc:
+            good.remove(i)
+            failed = Item(it.id, None, it.formula, f"featurize_failed: {type(exc).__name__}: {exc}")
+            rows[i] = _error_row(failed)
     if good:
         batch = [items[i] for i in good]
-        data = [ensemble.featurize(it.crystal, it.id, it.formula) for it in batch]  # type: ignore[arg-type]
         out = ensemble.predict(data)
         numbers = [it.crystal.numbers for it in batch]  # type: ignore[union-attr]
         if domain is not None:

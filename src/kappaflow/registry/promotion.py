@@ -1,14 +1,21 @@
 """Gated promotion in the MLflow model registry (aliases ``champion`` / ``challenger``).
 
 Rule (:func:`decide`), with the held-out metric of the evaluation protocol (the k-fold CV
-``log10_mae_mean`` of the candidate's own fold models, lower is better):
+``log10_mae`` of the candidate's own fold models, lower is better):
 
+0. Baseline gate (:func:`baseline_gate`): the candidate must beat every baseline (median, Magpie
+   random forest) on the registry dataset's folds, judged by a paired comparison over the same
+   folds (:mod:`kappaflow.evaluation.paired`: mean difference below ``-min_delta`` and one-sided
+   p < ``alpha``). A candidate that loses to a baseline is never promoted (the decision says
+   which baseline and by how much) unless the config relaxes the gate explicitly
+   (``registry.gate.enforce: false``, smoke runs); such a version is tagged ``gated=false``.
 1. No champion yet: the candidate is promoted.
 2. The champion was scored on another dataset or with other protocol settings (tags
    ``dataset`` and ``protocol_digest`` differ): the two numbers are not comparable, so the
    candidate, which reflects the current configuration, is promoted; the decision tag says why.
-3. Otherwise the candidate is promoted only if its metric is strictly better than the
-   champion's by more than ``min_delta``; a tie keeps the champion.
+3. Otherwise the candidate is promoted only if it beats the champion: by the same paired
+   comparison when both carry their per-fold metrics (tag ``folds_<metric>``), else (older
+   versions) by a mean better by more than ``min_delta``; a tie keeps the champion.
 
 ``challenger`` marks the runner-up: after a promotion the previous champion; after a rejection
 the candidate, if it beats the current challenger (or the challenger is missing or not
@@ -22,10 +29,13 @@ at decision time; ``none`` when there was none). MLflow 3 aliases, no deprecated
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from kappaflow.evaluation.paired import PairedComparison, paired_comparison
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -54,6 +64,103 @@ class Decision:
     champion_metric: float | None
 
 
+@dataclass(frozen=True)
+class Gate:
+    """Outcome of :func:`baseline_gate`.
+
+    Attributes:
+        passed: the candidate beats every baseline (paired, same folds).
+        enforced: a failed gate blocks promotion (False only in explicitly relaxed configs).
+        reason: one line naming each baseline with the paired difference and its spread.
+        comparisons: the paired comparison against each baseline.
+    """
+
+    passed: bool
+    enforced: bool
+    reason: str
+    comparisons: dict[str, PairedComparison]
+
+    @property
+    def blocks(self) -> bool:
+        """Whether the gate stops the candidate from becoming champion."""
+        return self.enforced and not self.passed
+
+    @property
+    def tag(self) -> str:
+        """Value of the version tag ``gated``: ``true``, or why the gate did not hold."""
+        if self.passed:
+            return "true"
+        return "false: gate not enforced by the config" if not self.enforced else "false"
+
+
+def baseline_gate(
+    candidate_cv: Mapping[str, Any],
+    baseline_cvs: Mapping[str, Mapping[str, Any] | None],
+    *,
+    alpha: float,
+    min_delta: float = 0.0,
+    metric: str = "log10_mae",
+    enforce: bool = True,
+) -> Gate:
+    """Check that the candidate beats every baseline on the same folds (pure; lower is better).
+
+    Args:
+        candidate_cv: the candidate's ``cv.json`` record (per-fold metrics).
+        baseline_cvs: baseline name -> its ``cv.json`` record on the same dataset and protocol
+            (None: missing, which fails the gate).
+        alpha: significance of the one-sided paired test.
+        min_delta: the candidate must be better by more than this (metric units, decades).
+        metric: per-fold metric compared.
+        enforce: whether a failed gate blocks promotion.
+    """
+    if not baseline_cvs:
+        return Gate(False, enforce, "no baseline configured to compare with", {})
+    comparisons: dict[str, PairedComparison] = {}
+    problems: list[str] = []
+    for name, cv in baseline_cvs.items():
+        if cv is None:
+            problems.append(f"no {name} result on these folds (run `dvc repro evaluate`)")
+            continue
+        try:
+            cmp = paired_comparison(candidate_cv, cv, metric)
+        except (KeyError, ValueError) as err:
+            problems.append(f"{name} not comparable ({err})")
+            continue
+        comparisons[name] = cmp
+        if not cmp.beats(alpha, min_delta):
+            problems.append(
+                f"does not beat {name} ({cmp.candidate_mean:.4f} vs {cmp.reference_mean:.4f}: "
+                f"{cmp.text()}, needs Δ < {-min_delta:+.3f} with p < {alpha})"
+            )
+    if problems:
+        return Gate(False, enforce, "candidate " + "; ".join(problems), comparisons)
+    beaten = ", ".join(f"{n} ({c.text()})" for n, c in comparisons.items())
+    return Gate(True, enforce, f"candidate beats every baseline: {beaten}", comparisons)
+
+
+def fold_record(cv: Mapping[str, Any], metric: str = "log10_mae") -> str:
+    """Return the per-fold part of a cv record as compact JSON (tag ``folds_<metric>``)."""
+    keep = ("repeat", "fold", "n_train", "n_val", "n_test")
+    folds = [
+        {**{k: f[k] for k in keep if k in f}, "metrics": {metric: f["metrics"][metric]}}
+        for f in cv.get("folds", [])
+        if metric in f.get("metrics", {})
+    ]
+    return json.dumps({"folds": folds}, separators=(",", ":"))
+
+
+def champion_comparison(
+    candidate_cv: Mapping[str, Any], champion: ModelVersion | None, metric: str = "log10_mae"
+) -> PairedComparison | None:
+    """Paired comparison with the champion's per-fold metrics (None if it has none stored)."""
+    if champion is None or f"folds_{metric}" not in champion.tags:
+        return None
+    try:
+        return paired_comparison(candidate_cv, json.loads(champion.tags[f"folds_{metric}"]), metric)
+    except (KeyError, ValueError):
+        return None
+
+
 def _better(a: float, b: float, lower_is_better: bool, min_delta: float) -> bool:
     return a < b - min_delta if lower_is_better else a > b + min_delta
 
@@ -66,6 +173,9 @@ def decide(
     incomparable: str | None = None,
     min_delta: float = 0.0,
     metric_name: str = "log10_mae",
+    gate: Gate | None = None,
+    versus_champion: PairedComparison | None = None,
+    alpha: float = 0.05,
 ) -> Decision:
     """Decide whether a candidate replaces the champion (pure; see the module docstring).
 
@@ -77,6 +187,10 @@ def decide(
             None when it can.
         min_delta: the candidate must beat the champion by more than this.
         metric_name: for the reason text.
+        gate: the baseline gate (:func:`baseline_gate`); None: no gate.
+        versus_champion: paired comparison with the champion on the same folds, when both
+            carry per-fold metrics; None: compare the means.
+        alpha: significance of the paired comparison with the champion.
 
     Raises:
         ValueError: the candidate metric is not finite.
@@ -84,6 +198,27 @@ def decide(
     if not math.isfinite(candidate_metric):
         raise ValueError(f"candidate {metric_name} is not finite: {candidate_metric}")
     c = f"{metric_name} {candidate_metric:.4f}"
+    if gate is not None and gate.blocks:
+        kept = "kept champion" if champion_metric is not None else "no champion"
+        return Decision(False, f"{kept}: {gate.reason}", candidate_metric, champion_metric)
+    if gate is not None and not gate.passed:
+        c += f" [baseline gate NOT enforced: {gate.reason}]"
+    if versus_champion is not None and incomparable is None and champion_metric is not None:
+        if versus_champion.beats(alpha, min_delta):
+            return Decision(
+                True,
+                f"promoted: candidate {c} beats champion {champion_metric:.4f} "
+                f"({versus_champion.text()})",
+                candidate_metric,
+                champion_metric,
+            )
+        return Decision(
+            False,
+            f"kept champion: candidate {c} does not beat champion {champion_metric:.4f} "
+            f"({versus_champion.text()}, needs p < {alpha})",
+            candidate_metric,
+            champion_metric,
+        )
     if champion_metric is None and incomparable is None:
         return Decision(True, f"promoted: no champion yet ({c})", candidate_metric, None)
     if incomparable is not None:

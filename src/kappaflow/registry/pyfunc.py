@@ -7,6 +7,11 @@ graphs) and the target transform travel as code (``code_paths``: the ``kappaflow
 as the members' own transform dicts. MLflow's PyTorch flavor is not used (its default "pt2"
 export fails on PyG models, and pickled modules are not acceptable).
 
+The pyfunc serves the MLflow UI / ``mlflow models serve``; loading it runs the code stored with
+it. ``kappaflow predict``/``screen`` therefore never load it: they download the ``ensemble``
+artifact only, verify its digests and build it with the installed kappaflow
+(:mod:`kappaflow.registry.trust`, :func:`kappaflow.registry.champion.load_champion`).
+
 Artifact ``ensemble/`` (see :func:`write_ensemble_dir`)::
 
     ensemble.json           format, member files, graph settings, σ definition, metadata

@@ -25,12 +25,17 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
 from kappaflow.registry.predictor import Item
+from kappaflow.structure.cif import escape_control
+
+if TYPE_CHECKING:
+    from kappaflow.data.validation import ValidationOptions
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +90,18 @@ def find_structure_files(directory: str | Path) -> list[Path]:
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise FileNotFoundError(f"screen: {d} is not a directory")
-    found = {p for pattern in USER_PATTERNS for p in d.rglob(pattern) if p.is_file()}
+    # Every match but a real folder: a FIFO, a device, a symlink loop or an unreadable file
+    # named like a structure becomes a quarantine row with its reason (never opened here).
+    found = {p for pattern in USER_PATTERNS for p in d.rglob(pattern) if not _is_plain_dir(p)}
     return sorted(found)
+
+
+def _is_plain_dir(path: Path) -> bool:
+    """Return True for a directory that is not a symlink (rglob descends into it itself)."""
+    try:
+        return path.is_dir() and not path.is_symlink()
+    except OSError:
+        return False
 
 
 def _prepared_index(cfg: DictConfig, names: Sequence[str]) -> tuple[pd.DataFrame, dict]:
@@ -175,28 +190,37 @@ def load_pool(
 
 
 def _user_id(path: Path, dirs: Sequence[str | Path]) -> str:
+    """``<dir name>/<relative path>``, control characters escaped (ids go into CSVs, logs)."""
     for d in dirs:
         try:
-            return f"{Path(d).name}/{path.relative_to(Path(d).expanduser())}"
+            return escape_control(f"{Path(d).name}/{path.relative_to(Path(d).expanduser())}")
         except ValueError:
             continue
-    return str(path)
+    return escape_control(str(path))
 
 
 def iter_items(
-    pool: Pool, cutoff: float, symprec: float = 0.1, symmetry_backend: str = "spglib"
+    pool: Pool,
+    cutoff: float,
+    symprec: float = 0.1,
+    symmetry_backend: str = "spglib",
+    opts: ValidationOptions | None = None,
 ) -> Iterator[Item]:
     """Yield the pool's structures as :class:`Item` in ``pool.index`` order (streaming).
 
     Prepared rows are rebuilt from their arrays one dataset at a time (only that dataset's
-    structure columns are in memory); user files are parsed and checked here, and get their
-    space-group number (``symprec`` in Å, backend ``spglib``/``moyopy``, as in ``prepare``).
+    structure columns are in memory); user files are stat-ed, parsed within the limits of
+    ``opts`` (default :func:`~kappaflow.registry.predictor.default_options` of ``cutoff``) and
+    checked here, and get their space-group number (``symprec`` in Å, backend
+    ``spglib``/``moyopy``, as in ``prepare``). A file that fails anything is an error item
+    ``<reason>: <detail>``, never an exception.
     """
     from kappaflow.data.validation import spacegroup_number
-    from kappaflow.registry.predictor import checked_item
+    from kappaflow.registry.predictor import checked_item, default_options
     from kappaflow.structure.cif import CifError, StructureFileError, parse_structure_file
     from kappaflow.structure.crystal import CrystalArrays
 
+    opts = opts or default_options(cutoff)
     index = pool.index
     prepared = index[index["row"] >= 0]
     for source, group in prepared.groupby("source", sort=False):
@@ -219,15 +243,13 @@ def iter_items(
         index.loc[index["row"] < 0, "id"], index.loc[index["row"] < 0, "source"], strict=True
     ):
         try:
-            crystal = parse_structure_file(source)
-        except CifError as exc:
-            yield Item(mid, None, "", f"{exc.reason.value}: {exc.detail}")
-            continue
-        except StructureFileError as exc:
-            yield Item(mid, None, "", f"unreadable_file: {exc}")
-            continue
-        item = checked_item(crystal, mid, cutoff)
-        if item.crystal is not None:
-            sg = spacegroup_number(item.crystal, symprec, symmetry_backend)  # type: ignore[arg-type]
-            item = replace(item, spacegroup=sg)
+            crystal = parse_structure_file(source, opts.parse_limits())
+            item = checked_item(crystal, mid, cutoff, opts)
+            if item.crystal is not None:
+                sg = spacegroup_number(item.crystal, symprec, symmetry_backend)  # type: ignore[arg-type]
+                item = replace(item, spacegroup=sg)
+        except (CifError, StructureFileError) as exc:
+            item = Item(mid, None, "", f"{exc.reason.value}: {exc.detail}")
+        except Exception as exc:  # one hostile file never stops the screen
+            item = Item(mid, None, "", f"check_failed: {type(exc).__name__}: {exc}")
         yield item

@@ -8,7 +8,11 @@ through the very same repeated grouped k-fold, and writes:
   of the same set), MAPE % and log10-MAE mean ± std; ParAIsite's published numbers quoted beside,
   flagged as not comparable (in-sample, not grouped CV);
 * ``metrics/transfer.json``: every number of the table (``dvc metrics show``);
-* ``plots/transfer/``: strategy comparison (log10-MAE) and out-of-fold parity plots.
+* ``plots/transfer/``: strategy comparison (log10-MAE) and out-of-fold parity plots;
+* ``models/baselines/<baseline>/<dataset>/``: the baselines' ``cv.json`` (per-fold metrics) and
+  ``predictions.csv``, in the ``finetune`` stage's format, so that every claim of improvement
+  (the report's, the ``register`` gate's) is a paired difference on the same folds
+  (:mod:`kappaflow.evaluation.paired`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from kappaflow.evaluation.plots import parity_plot, strategy_comparison_plot
+from kappaflow.evaluation.calibration import (
+    LEVELS,
+    cross_conformal_coverage,
+    reliability_curve,
+)
+from kappaflow.evaluation.paired import PairedComparison, paired_comparison
+from kappaflow.evaluation.plots import parity_plot, reliability_plot, strategy_comparison_plot
 from kappaflow.evaluation.protocol import (
     cross_validate,
     dataset_evaluation,
@@ -29,7 +39,8 @@ from kappaflow.evaluation.protocol import (
     protocol_settings,
 )
 from kappaflow.evaluation.report import published_table, transfer_table, write_report
-from kappaflow.layout import kappa_table, project_root
+from kappaflow.io_utils import write_json
+from kappaflow.layout import baseline_dir, kappa_table, project_root
 from kappaflow.stages.common import finish_study
 from kappaflow.tracking import start_stage_run
 
@@ -48,6 +59,8 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
     }
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
+    cv_records: dict[tuple[str, str], dict[str, Any]] = {}
+    oof: dict[tuple[str, str], pd.DataFrame] = {}  # out-of-fold predictions, for calibration
     for dataset in ev.datasets:
         table, _ = kappa_table(cfg, dataset)
         for name in ev.baselines:
@@ -59,6 +72,12 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
                 **protocol_settings(dataset_evaluation(ev, dataset)),
                 progress=False,
             )
+            record = {"strategy": f"baseline:{name}", "dataset": dataset, **result.to_dict()}
+            cv_records[(f"baseline:{name}", dataset)] = record
+            out = baseline_dir(cfg, name, dataset)
+            write_json(out / "cv.json", record)
+            result.predictions.to_csv(out / "predictions.csv", index=False)
+            oof[(f"baseline:{name}", dataset)] = result.predictions
             rows.append(
                 {
                     "strategy": f"baseline:{name}",
@@ -75,11 +94,13 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
             if "skipped" in cv:
                 skipped.append(f"{strategy} on {dataset}: {cv['skipped']}")
                 continue
+            cv_records[(strategy, dataset)] = cv
             summary = {k: (float("nan") if v is None else v) for k, v in cv["summary"].items()}
             rows.append(
                 {"strategy": strategy, "train_set": dataset, "test_set": dataset, **summary}
             )
             preds = pd.read_csv(path.parent / "predictions.csv", keep_default_na=False)
+            oof[(strategy, dataset)] = preds
             parity_plot(
                 preds["kappa_true"],
                 preds["kappa_pred"],
@@ -92,14 +113,36 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
         plots / "strategy_comparison.png",
         metric="log10_mae",
     )
-    tl_vs_scratch = _tl_vs_scratch(results)
+    tl_vs_scratch = _paired_lines(cv_records, results, reference="scratch")
+    vs_baseline = _paired_lines(cv_records, results, reference=None)
     published = OmegaConf.to_container(ev.published, resolve=True)
     sections = [
         "## Held-out results (repeated grouped k-fold)",
         transfer_table(results),
-        "## Does transfer beat training from scratch? (log10-MAE, lower is better)",
+        "## Does a strategy beat the best baseline? (paired log10-MAE on the same folds)",
+        "Δ = strategy − best baseline of that set (lower is better), ± its corrected standard "
+        'error (Nadeau & Bengio), one-sided p of "the strategy is better"; a strategy '
+        "*beats* the baseline when Δ < 0 and p < 0.05.",
+        _markdown_list(vs_baseline),
+        "## Does transfer beat training from scratch? (paired log10-MAE on the same folds)",
         _markdown_list(tl_vs_scratch),
     ]
+    calibration, curves = _calibration(oof)
+    sections += [
+        "## Calibrated κ intervals (conformal, measured on held-out folds)",
+        "Interval = κ̂ ×/÷ 10^q, q = conformal quantile of the |log10 residuals| of the other "
+        "folds (a fold never calibrates itself); target: measured coverage within ±5 points "
+        "of nominal. Factor = 10^q, mean over folds.",
+        _calibration_table(calibration),
+    ]
+    for dataset in ev.datasets:
+        ds_curves = {s: c for (s, d), c in curves.items() if d == dataset}
+        if ds_curves:
+            reliability_plot(ds_curves, plots / f"reliability_{dataset}.png", title=dataset)
+    reliability = pd.concat(
+        [c.assign(strategy=s, dataset=d) for (s, d), c in curves.items()], ignore_index=True
+    )
+    reliability.to_csv(plots / "reliability.csv", index=False)
     if skipped:
         sections += ["## Not run", _markdown_list(skipped)]
     other = _other_targets(cfg, root)
@@ -116,6 +159,11 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
         f"{r['strategy']}/{r['train_set']}": {k: r[k] for k in r if k.endswith(("_mean", "_std"))}
         for r in rows
     }
+    for (strategy, dataset), table in calibration.items():
+        for _, c in table.iterrows():
+            level = round(100 * c["nominal"])
+            metrics[f"{strategy}/{dataset}"][f"coverage{level}"] = float(c["coverage"])
+            metrics[f"{strategy}/{dataset}"][f"interval{level}_factor"] = float(c["factor"])
     with start_stage_run(cfg, "evaluate", run_name="evaluate", dvc_stage="evaluate") as run:
         report = finish_study(
             run,
@@ -129,24 +177,75 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _tl_vs_scratch(results: pd.DataFrame) -> list[str]:
-    """One line per (transfer strategy, dataset): its log10-MAE vs ``scratch`` on the same folds."""
+def _calibration(
+    oof: dict[tuple[str, str], pd.DataFrame],
+) -> tuple[dict[tuple[str, str], pd.DataFrame], dict[tuple[str, str], pd.DataFrame]]:
+    """Held-out coverage at 68/95 % and the reliability curve of every model's OOF predictions."""
+    tables, curves = {}, {}
+    for key, preds in oof.items():
+        if preds.empty:
+            continue
+        tables[key] = cross_conformal_coverage(preds)
+        curves[key] = reliability_curve(preds)
+    return tables, curves
+
+
+def _calibration_table(tables: dict[tuple[str, str], pd.DataFrame]) -> str:
+    head = (
+        "| model | dataset | n | 68 %: coverage | 68 %: factor | 95 %: coverage | 95 %: factor |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     lines = []
-    scratch = results[results.strategy == "scratch"].set_index("train_set")
-    for _, r in results.iterrows():
-        if r.strategy in ("scratch",) or str(r.strategy).startswith("baseline:"):
+    for (strategy, dataset), table in tables.items():
+        t = table.set_index("nominal")
+        cells = [
+            f"{100 * t.loc[c, 'coverage']:.0f} % ± {100 * t.loc[c, 'coverage_std']:.0f} | "
+            f"×/÷ {t.loc[c, 'factor']:.2f}"
+            for c in LEVELS
+        ]
+        n = int(t["n"].iloc[0])
+        lines.append(f"| {strategy} | {dataset} | {n} | " + " | ".join(cells) + " |")
+    return head + "\n" + "\n".join(lines)
+
+
+def _paired_lines(
+    cv_records: dict[tuple[str, str], dict[str, Any]],
+    results: pd.DataFrame,
+    reference: str | None,
+) -> list[str]:
+    """One line per (strategy, dataset): paired log10-MAE difference against ``reference``.
+
+    ``reference=None`` compares with the best baseline of the dataset (lowest mean log10-MAE);
+    ``"scratch"`` compares transfer strategies with training from scratch.
+    """
+    lines = []
+    for dataset in dict.fromkeys(results.train_set):
+        sub = results[results.train_set == dataset]
+        if reference is None:
+            base = sub[sub.strategy.astype(str).str.startswith("baseline:")]
+            if base.empty:
+                continue
+            ref = str(base.sort_values("log10_mae_mean").iloc[0].strategy)
+        else:
+            ref = reference
+        if (ref, dataset) not in cv_records:
             continue
-        if r.train_set not in scratch.index:
-            continue
-        s = scratch.loc[r.train_set]
-        delta = r.log10_mae_mean - s.log10_mae_mean
-        verdict = "beats" if delta < 0 else "does not beat"
-        lines.append(
-            f"{r.strategy} on {r.train_set}: {r.log10_mae_mean:.3f} ± {r.log10_mae_std:.3f} vs "
-            f"scratch {s.log10_mae_mean:.3f} ± {s.log10_mae_std:.3f} → {verdict} scratch "
-            f"(Δ = {delta:+.3f})"
-        )
-    return lines or ["(no scratch run to compare with)"]
+        for strategy in sub.strategy:
+            if strategy == ref or str(strategy).startswith("baseline:"):
+                continue
+            if reference == "scratch" and strategy == "scratch":
+                continue
+            cmp = paired_comparison(cv_records[(strategy, dataset)], cv_records[(ref, dataset)])
+            lines.append(f"{strategy} on {dataset}: {_verdict(cmp, ref)}")
+    return lines or ["(nothing to compare with)"]
+
+
+def _verdict(cmp: PairedComparison, ref: str, alpha: float = 0.05) -> str:
+    verdict = "**beats**" if cmp.beats(alpha) else "does not beat"
+    return (
+        f"{cmp.candidate_mean:.3f} vs {ref} {cmp.reference_mean:.3f}: {cmp.text()} → "
+        f"{verdict} {ref}"
+    )
 
 
 def _other_targets(cfg: DictConfig, root: Any) -> str:

@@ -33,7 +33,7 @@ from kappaflow.data.splits import train_val_test_split
 from kappaflow.evaluation.baselines import MeanPredictor
 from kappaflow.evaluation.metrics import basic_metrics, regression_metrics
 from kappaflow.evaluation.plots import learning_curve_plot, parity_plot
-from kappaflow.io_utils import config_digest, write_json
+from kappaflow.io_utils import RESULT_CODE, content_key, write_json
 from kappaflow.layout import (
     dataset_spec,
     graph_cache_path,
@@ -58,14 +58,39 @@ log = logging.getLogger(__name__)
 SPLIT_ROLES = ("train", "val", "test")
 
 
+#: Source trees (relative to ``src/kappaflow``) whose code decides a pretraining run's result:
+#: part of its cache key (:func:`kappaflow.io_utils.code_digest`).
+PRETRAIN_CODE = (*(p for p in RESULT_CODE if p != "transfer"), "stages/pretrain.py")
+
+
 def run_dir(cfg: DictConfig, stage: str, run: str) -> Path:
-    """Scratch directory of a training run (checkpoints, history), keyed by its config digest.
+    """Scratch directory of a training run (checkpoints, history), keyed by its content.
 
     Lives under ``.cache/kappaflow/`` (not a DVC output, so ``dvc repro`` does not delete it): a
-    crashed run resumes from its last checkpoint, while a run with other settings starts fresh.
+    crashed run resumes from its last checkpoint, while a run with other settings, other input
+    bytes (:func:`run_inputs`) or other code (:data:`PRETRAIN_CODE`, package version) starts
+    fresh: the key is :func:`kappaflow.io_utils.content_key` of all three.
     """
-    digest = config_digest(_run_signature(cfg, stage, run))
+    signature = _run_signature(cfg, stage, run)
+    digest = content_key(run_inputs(cfg, stage, run), signature, PRETRAIN_CODE)
     return project_root() / ".cache" / "kappaflow" / stage / f"{run}-{digest}"
+
+
+def run_inputs(cfg: DictConfig, stage: str, run: str) -> list[Path]:
+    """Return every file a training run reads (the inputs of its cache key).
+
+    The prepared dataset, its graph cache (graph models) and the prepared sets of
+    ``exclude_materials_of`` (they decide which rows are excluded, hence the split).
+    """
+    r = cfg[stage].runs[run]
+    dataset = dataset_spec(cfg, r.dataset).name
+    files = [interim_dir(cfg, dataset) / "valid.parquet"]
+    if input_kind(cfg.models[r.model]) == "graph":
+        files.append(graph_cache_path(cfg, dataset))
+    for name in cfg[stage].get("exclude_materials_of") or []:
+        if name != dataset:
+            files.append(interim_dir(cfg, name) / "valid.parquet")
+    return files
 
 
 def _run_signature(cfg: DictConfig, stage: str, run: str) -> dict[str, Any]:

@@ -15,13 +15,14 @@
    version is the candidate again).
 3. Promotion by :func:`kappaflow.registry.promotion.decide`; aliases ``champion`` /
    ``challenger`` moved; decision and both metrics as version tags.
-4. Writes ``models/champion.json`` (name, version, URIs, metric of the champion: the DVC
-   dependency of ``screen``) and ``reports/registry/decision.json`` (this run's decision).
+4. Writes ``models/champion.json`` (name, version, URIs, metric and ensemble digests of the
+   champion: the DVC dependency of ``screen``, and what ``predict``/``screen`` verify the
+   downloaded ensemble against, :mod:`kappaflow.registry.trust`) and
+   ``reports/registry/decision.json`` (this run's decision).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -33,15 +34,17 @@ import numpy as np
 from omegaconf import DictConfig
 
 from kappaflow.data.prepare import crystals_from_frame
+from kappaflow.evaluation.report import write_report
 from kappaflow.io_utils import config_digest, write_json
-from kappaflow.layout import interim_dir, load_prepared, project_root
+from kappaflow.layout import baseline_dir, interim_dir, load_prepared, project_root
 from kappaflow.registry import promotion as P
 from kappaflow.registry.domain import fit_domain
 from kappaflow.registry.ensemble import GraphSettings, KappaEnsemble
 from kappaflow.registry.pyfunc import log_ensemble_model, write_ensemble_dir
+from kappaflow.registry.trust import DIR_SHA_TAG, ensemble_dir_sha256, ensemble_sha256
 from kappaflow.tracking import start_stage_run
 from kappaflow.tracking.git import git_info
-from kappaflow.tracking.runs import file_sha256, log_artifact, tracking_cfg
+from kappaflow.tracking.runs import log_artifact, tracking_cfg
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class Candidate:
         protocol: the protocol settings read from cv.json.
         finetune_run_id: MLflow run of the finetune stage that wrote cv.json ("" if unknown).
         considered: metric of every eligible strategy; why others were skipped.
+        cv: the strategy's cv.json record (per-fold metrics for the paired comparisons).
     """
 
     strategy: str
@@ -74,6 +78,7 @@ class Candidate:
     protocol: dict[str, Any]
     finetune_run_id: str = ""
     considered: dict[str, Any] = field(default_factory=dict)
+    cv: dict[str, Any] = field(default_factory=dict)
 
     @property
     def protocol_digest(self) -> str:
@@ -143,6 +148,7 @@ def select_candidate(cfg: DictConfig) -> Candidate:
                 members=members,
                 protocol={k: cv["config"].get(k) for k in PROTOCOL_KEYS},
                 finetune_run_id=str(cv.get("mlflow_run_id") or ""),
+                cv=cv,
             )
     if best is None:
         raise FileNotFoundError(
@@ -151,15 +157,6 @@ def select_candidate(cfg: DictConfig) -> Candidate:
         )
     best.considered = considered
     return best
-
-
-def ensemble_sha256(members: list[Path], settings: dict[str, Any]) -> str:
-    """Content hash of an ensemble: member file hashes (in order) + settings."""
-    h = hashlib.sha256()
-    for p in members:
-        h.update(file_sha256(p).encode())
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    return h.hexdigest()
 
 
 def training_domain(cfg: DictConfig, ensemble: Any, dataset: str, quantile: float) -> Any:
@@ -193,7 +190,30 @@ def _finetune_run_id(cfg: DictConfig, strategy: str, dataset: str) -> str:
     return runs[0].info.run_id if runs else ""
 
 
-def _champion_record(name: str, version: Any, metric: str) -> dict[str, Any]:
+def _decision_sections(result: dict[str, Any]) -> list[str]:
+    """Markdown of a decision: the one-line verdict, then each paired comparison."""
+    rows = [
+        f"| {name} | {c['candidate_mean']:.4f} | {c['reference_mean']:.4f} | "
+        f"{c['mean_diff']:+.4f} | {c['se']:.4f} | {c['n_folds']} | {c['p_value']:.3g} |"
+        for name, c in result["gate"]["comparisons"].items()
+    ]
+    table = (
+        "| baseline | candidate | baseline | Δ (paired) | SE | folds | p |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+    gate = result["gate"]
+    return [
+        f"**v{result['candidate_version']} ({result['candidate_strategy']} on "
+        f"{result['dataset']})**: {result['decision']}",
+        f"Baseline gate: {'passed' if gate['passed'] else 'FAILED'}"
+        f"{'' if gate['enforced'] else ' (not enforced by the config: smoke run)'}.",
+        table,
+    ]
+
+
+def _champion_record(name: str, version: Any, metric: str, decision: str) -> dict[str, Any]:
+    if version is None:  # no candidate has passed the gate yet
+        return {"name": name, "version": None, "metric": metric, "no_champion": decision}
     tags = dict(version.tags)
     return {
         "name": name,
@@ -208,7 +228,30 @@ def _champion_record(name: str, version: Any, metric: str) -> dict[str, Any]:
         "strategy": tags.get("strategy"),
         "protocol_digest": tags.get("protocol_digest"),
         "ensemble_sha256": tags.get("ensemble_sha256"),
+        DIR_SHA_TAG: tags.get(DIR_SHA_TAG),
+        "gated": tags.get("gated", "unknown"),
     }
+
+
+def baseline_gate(cfg: DictConfig, cand: Candidate) -> P.Gate:
+    """Paired comparison of the candidate with every baseline of ``registry.gate.baselines``.
+
+    The baselines' CV records on the same folds are written by the ``evaluate`` stage
+    (``models/baselines/<baseline>/<dataset>/cv.json``).
+    """
+    gate_cfg = cfg.registry.gate
+    records: dict[str, dict[str, Any] | None] = {}
+    for name in gate_cfg.baselines:
+        path = baseline_dir(cfg, str(name), cand.dataset) / "cv.json"
+        records[str(name)] = json.loads(path.read_text()) if path.is_file() else None
+    return P.baseline_gate(
+        cand.cv,
+        records,
+        alpha=float(gate_cfg.alpha),
+        min_delta=float(cfg.registry.min_delta),
+        metric=str(cfg.registry.metric),
+        enforce=bool(gate_cfg.enforce),
+    )
 
 
 def _version_tags(cfg: DictConfig, cand: Candidate, sha: str) -> dict[str, str]:
@@ -228,6 +271,7 @@ def _version_tags(cfg: DictConfig, cand: Candidate, sha: str) -> dict[str, str]:
         "ensemble_repeats": ",".join(str(r) for r in reg.ensemble_repeats),
         "git_commit": git_info(project_root()).commit or "unknown",
         "sigma": "std over members of log10 kappa (decades)",
+        f"folds_{metric}": P.fold_record(cand.cv, metric),
     }
 
 
@@ -246,6 +290,7 @@ def _register_or_reuse(
     tags["train_elements"] = str(len(domain.elements))
     with tempfile.TemporaryDirectory(prefix="kappaflow-ensemble-") as tmp:
         ens_dir = write_ensemble_dir(Path(tmp) / "ensemble", cand.members, graph, domain, tags)
+        tags[DIR_SHA_TAG] = ensemble_dir_sha256(ens_dir)  # every file, domain included
         info = log_ensemble_model(
             ens_dir,
             metadata={"kappaflow": tags},
@@ -270,8 +315,9 @@ def _decide(
     challenger: Any,
     cand: Candidate,
     tags: dict[str, str],
+    gate: P.Gate,
 ) -> tuple[Any, dict[str, Any]]:
-    """Promotion decision for ``version`` against the champion; move the aliases accordingly."""
+    """Promotion decision for ``version``: baseline gate, then the champion; move the aliases."""
     name, metric = str(cfg.registry.model_name), str(cfg.registry.metric)
     if P.same_version(champion, version):
         decision = P.Decision(
@@ -295,6 +341,9 @@ def _decide(
         incomparable=reason,
         min_delta=float(cfg.registry.min_delta),
         metric_name=metric,
+        gate=gate,
+        versus_champion=P.champion_comparison(cand.cv, champion, metric),
+        alpha=float(cfg.registry.gate.alpha),
     )
     aliases = P.apply_decision(client, name, version, champion, challenger, decision, True, metric)
     return decision, aliases
@@ -317,7 +366,7 @@ def _log_decision(
         {
             f"candidate_{metric}": decision.candidate_metric,
             "promoted": float(decision.promote),
-            "champion_version": float(record["version"]),
+            "champion_version": float(record["version"] or 0),
             **(
                 {f"champion_{metric}_before": decision.champion_metric}
                 if decision.champion_metric is not None
@@ -356,6 +405,9 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
     quantile = float(reg.domain_quantile)
     sha = ensemble_sha256(cand.members, {"graph": graph.to_dict(), "quantile": quantile})
     tags = _version_tags(cfg, cand, sha)
+    gate = baseline_gate(cfg, cand)
+    tags["gated"] = gate.tag
+    log.log(logging.INFO if gate.passed else logging.WARNING, "register: gate: %s", gate.reason)
     with start_stage_run(
         cfg,
         "register",
@@ -371,10 +423,11 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
         champion = P.version_by_alias(client, name, P.CHAMPION)
         challenger = P.version_by_alias(client, name, P.CHALLENGER)
         version = _register_or_reuse(client, cfg, cand, graph, tags, run.info.run_id)
-        decision, aliases = _decide(client, cfg, version, champion, challenger, cand, tags)
+        client.set_model_version_tag(name, version.version, "gated", gate.tag)
+        decision, aliases = _decide(client, cfg, version, champion, challenger, cand, tags, gate)
         log.info("register: v%s %s; aliases %s", version.version, decision.reason, aliases)
-        champ = client.get_model_version_by_alias(name, P.CHAMPION)
-        record = _champion_record(name, champ, metric)
+        champ = P.version_by_alias(client, name, P.CHAMPION)
+        record = _champion_record(name, champ, metric, decision.reason)
         result = {
             "model_name": name,
             "candidate_version": int(version.version),
@@ -386,14 +439,23 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
             f"champion_{metric}_before": decision.champion_metric,
             "aliases": aliases,
             "considered": cand.considered,
+            "gate": {
+                "passed": gate.passed,
+                "enforced": gate.enforced,
+                "reason": gate.reason,
+                "comparisons": {k: c.to_dict() for k, c in gate.comparisons.items()},
+            },
             "champion": record,
         }
         write_json(root / str(reg.champion_file), record)
         decision_file = root / cfg.paths.reports_dir / "registry" / "decision.json"
         write_json(decision_file, result)
-        _log_decision(
-            name, version, decision, record, metric, (decision_file, root / str(reg.champion_file))
+        report = write_report(
+            decision_file.with_suffix(".md"), *_decision_sections(result), title="Registry decision"
         )
+        files = (decision_file, report, root / str(reg.champion_file))
+        _log_decision(name, version, decision, record, metric, files)
+    print(f"register: v{version.version} ({cand.strategy}): {decision.reason}")
     return result
 
 

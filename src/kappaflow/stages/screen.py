@@ -35,11 +35,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from kappaflow.data.validation import ValidationOptions
 from kappaflow.io_utils import write_json
 from kappaflow.layout import interim_dir, load_prepared, project_root
-from kappaflow.registry.champion import load_champion, resolve_model
+from kappaflow.registry.champion import NoChampionError, load_champion, resolve_model
 from kappaflow.registry.predictor import COLUMNS, Item, predict_stream
 from kappaflow.screen.pool import iter_items, load_pool
+from kappaflow.structure.cif import escape_control
 from kappaflow.tracking import start_stage_run
 from kappaflow.tracking.runs import log_artifact, log_dataset, log_figure, setup_experiment
 
@@ -102,6 +104,38 @@ def _top(ranked: pd.DataFrame, n: int, in_domain_only: bool, high: bool) -> pd.D
     return (pool.head(n) if high else pool.iloc[::-1].head(n)).reset_index(drop=True)
 
 
+def _screen_options(cfg: DictConfig, cutoff: float) -> ValidationOptions:
+    """Return the ``validation`` limits for user files, with the model graph ``cutoff`` (Å)."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(cfg.get("validation") or {}, resolve=True)
+    assert isinstance(raw, dict)
+    raw.pop("n_jobs", None)
+    raw["cutoff"] = cutoff
+    return ValidationOptions.from_mapping(raw)
+
+
+def _no_champion(out: Path, reason: str) -> dict[str, Any]:
+    """Write the stage's outputs for a pipeline without a champion: empty tables, the reason."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    log.warning("screen: nothing scored: %s", reason)
+    for name in ("ranked.csv", "top_high.csv", "top_low.csv"):
+        pd.DataFrame(columns=list(RANKED_COLUMNS)).to_csv(out / name, index=False)
+    pd.DataFrame(columns=["id", "dataset", "source", "reason", "detail"]).to_csv(
+        out / "quarantine.csv", index=False
+    )
+    fig = Figure(figsize=(6, 2))
+    FigureCanvasAgg(fig)
+    fig.text(0.02, 0.5, "no champion to screen with:\n" + reason[:200], fontsize=7, va="center")
+    fig.savefig(out / "kappa_vs_sigma.png", dpi=100)
+    summary = {"no_champion": reason, "n_scored": 0, "n_quarantined": 0}
+    write_json(out / "summary.json", summary)
+    print(f"screen: {reason}")
+    return summary
+
+
 def screen_stage(
     cfg: DictConfig,
     *extra_dirs: str,
@@ -129,8 +163,11 @@ def screen_stage(
     out = project_root() / str(sc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     setup_experiment(cfg)
-    uri, model_info = resolve_model(cfg, model_uri)
-    model = load_champion(uri, str(sc.device))
+    try:
+        uri, model_info = resolve_model(cfg, model_uri)
+    except NoChampionError as err:  # the gate kept every candidate out: say so, score nothing
+        return _no_champion(out, str(err))
+    model = load_champion(uri, str(sc.device), model_info)  # verified; runs no registry code
     ensemble, domain = model.ensemble, model.domain
     train_dataset = model.spec.get("meta", {}).get("dataset")
     pool = load_pool(cfg, extra_dirs, include_datasets=not only_dirs)
@@ -155,6 +192,7 @@ def screen_stage(
             ensemble.graph.cutoff,
             float(val.get("symprec", 0.1)),
             str(val.get("symmetry_backend", "spglib")),
+            _screen_options(cfg, ensemble.graph.cutoff),
         )
         t0 = time.perf_counter()
         with tqdm(total=pool.n_total, desc="screen", unit="crystal") as bar:
@@ -175,7 +213,7 @@ def screen_stage(
                 np.asarray(streamed_sg) != -1, streamed_sg, index["spacegroup"].to_numpy()
             ),
             n_duplicates=index["n_duplicates"],
-            source=index["source"],
+            source=index["source"].map(escape_control),
             formula=np.where(scored["formula"] != "", scored["formula"], index["formula"]),
         )
         ok = scored["error"] == ""
@@ -189,7 +227,7 @@ def screen_stage(
         ranked = ranked[list(RANKED_COLUMNS)]
         bad = scored.loc[~ok]
         reason = bad["error"].str.split(":", n=1).str[0]
-        detail = bad["error"].str.split(":", n=1).str[1].fillna("").str.strip()
+        detail = bad["error"].str.split(":", n=1).str[1].fillna("").str.strip().map(escape_control)
         quarantine = pd.DataFrame(
             {
                 "id": bad["id"],

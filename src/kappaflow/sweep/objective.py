@@ -155,10 +155,18 @@ def trial_work_dir(study_name: str, trial: optuna.Trial) -> Path:
 
 
 def sweep_trainer_cfg(cfg: DictConfig, trainer: dict[str, Any]) -> None:
-    """Merge ``sweep.trainer`` over ``cfg.evaluation.trainer`` in place (applied to every fit)."""
+    """Merge ``sweep.trainer`` over ``cfg.evaluation.trainer`` in place (applied to every fit).
+
+    ``cfg`` may be in struct mode (Hydra composition): the merge runs on a plain, unstructured
+    copy of ``evaluation.trainer``, so keys it lacks (e.g. ``progress_bar`` under
+    ``+experiment=smoke``) are added instead of raising ``ConfigKeyError``.
+    """
     if not trainer:
         return
-    merged = OmegaConf.merge(cfg.evaluation.get("trainer") or {}, trainer)
+    current = cfg.evaluation.get("trainer")
+    base = OmegaConf.to_container(current, resolve=False) if isinstance(current, DictConfig) else {}
+    overlay = OmegaConf.to_container(trainer) if isinstance(trainer, DictConfig) else dict(trainer)
+    merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(overlay))
     OmegaConf.update(cfg, "evaluation.trainer", merged, merge=False, force_add=True)
 
 

@@ -12,7 +12,13 @@ Nothing secret is read from or written to the repository:
 
 * the ``basic_auth.ini`` that MLflow reads (``MLFLOW_AUTH_CONFIG_PATH``) is generated at server
   start in a private temporary directory (mode 700, file mode 600) and holds no password: the
-  admin password reaches the server process through its environment only;
+  admin password reaches the server process through its environment only, and a database
+  password is taken out of the auth store URI (:func:`split_password`) and passed as
+  ``PGPASSWORD``;
+* ``default_permission = READ``: a signed-in user reads everything but changes only what they
+  created (owners get MANAGE) or were granted (:func:`grant`, ``kappaflow server grant``): the
+  ``register`` stage's service user holds MANAGE on ``kappaflow-kappa``, nobody else can create
+  its versions or move its ``champion`` alias around the promotion gate;
 * the Flask secret key that signs the UI's CSRF tokens comes from
   ``MLFLOW_FLASK_SERVER_SECRET_KEY`` or the file's ``[server] secret_key``, else a random one is
   made per start (fine for one server process; replicas behind a load balancer must share one);
@@ -39,6 +45,7 @@ ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
 SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
 AUTHORIZATION_FUNCTION = "mlflow.server.auth:authenticate_request_basic_auth"
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+DEFAULT_PERMISSION = "READ"
 MIN_PASSWORD_CHARS = 12  # MLflow's password policy
 
 
@@ -142,7 +149,7 @@ def flask_secret_key(
 def write_auth_config(
     database_uri: str,
     admin_username: str = "admin",
-    default_permission: str = "EDIT",
+    default_permission: str = DEFAULT_PERMISSION,
     directory: str | os.PathLike[str] | None = None,
     auth_cache_ttl_s: int = 0,
 ) -> Path:
@@ -163,8 +170,14 @@ def write_auth_config(
         Path of the file (mode 600), for ``MLFLOW_AUTH_CONFIG_PATH``.
 
     Raises:
-        AuthConfigError: unknown ``default_permission`` or a directory inside the project.
+        AuthConfigError: unknown ``default_permission``, a directory inside the project, or a
+            password in ``database_uri`` (use :func:`split_password` and ``PGPASSWORD``).
     """
+    if split_password(database_uri)[1] is not None:
+        raise AuthConfigError(
+            f"{mask_uri(database_uri)} carries a password: basic_auth.ini must not hold it "
+            "(pass it as PGPASSWORD or in ~/.pgpass)"
+        )
     if default_permission not in PERMISSIONS:
         raise AuthConfigError(f"default_permission {default_permission!r} not in {PERMISSIONS}")
     if directory is None:
@@ -211,6 +224,30 @@ def auth_database_uri(backend_store_uri: str) -> str:
     raise AuthConfigError(
         f"no default auth store for {mask_uri(backend_store_uri)}; set auth_database_uri"
     )
+
+
+def split_password(uri: str) -> tuple[str, str | None]:
+    """Split a SQLAlchemy URI into ``(uri without password, password or None)``.
+
+    Raises:
+        AuthConfigError: a password in a non-PostgreSQL URI (only libpq reads ``PGPASSWORD``).
+    """
+    if "://" not in uri:
+        return uri, None
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(uri)
+    except Exception:  # not a SQLAlchemy URL: nothing to split
+        return uri, None
+    if url.password is None:
+        return uri, None
+    if url.get_backend_name() != "postgresql":
+        raise AuthConfigError(
+            f"{mask_uri(uri)}: a password in the auth store URI only works for PostgreSQL "
+            "(PGPASSWORD); configure the driver's own credentials file instead"
+        )
+    return url._replace(password=None).render_as_string(hide_password=False), str(url.password)
 
 
 def ensure_database(uri: str) -> bool:
@@ -272,3 +309,55 @@ def add_user(tracking_uri: str, username: str, password: str, *, admin: bool = F
     client.create_user(username=username, password=password)
     if admin:
         client.update_user_admin(username=username, is_admin=True)
+
+
+def grant(
+    tracking_uri: str,
+    username: str,
+    *,
+    model: str | None = None,
+    experiment: str | None = None,
+    permission: str | None = None,
+) -> tuple[str, str, str]:
+    """Grant ``username`` a permission on a registered model or an experiment (as an admin).
+
+    With ``default_permission = READ`` this is how a second user may write: the ``register``
+    stage's service user needs MANAGE (or EDIT) on the registered model to create versions and
+    move aliases; a teammate needs EDIT on the ``kappaflow`` experiment to log runs into it.
+    Re-granting replaces the previous permission. Credentials: ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD`` of an admin (or the resource's MANAGE holder).
+
+    Args:
+        tracking_uri: the server (``http://host:port``).
+        username: an existing user.
+        model: registered model name (exactly one of ``model`` / ``experiment``).
+        experiment: experiment name.
+        permission: one of :data:`PERMISSIONS`; default MANAGE for a model, EDIT for an
+            experiment.
+
+    Returns:
+        ``(resource_type, resource_id, permission)`` as granted.
+
+    Raises:
+        AuthConfigError: neither or both of model/experiment, an unknown permission or
+            experiment.
+    """
+    from mlflow.server import get_app_client
+
+    if (model is None) == (experiment is None):
+        raise AuthConfigError("grant on exactly one of a registered model or an experiment")
+    perm = permission or ("MANAGE" if model is not None else "EDIT")
+    if perm not in PERMISSIONS:
+        raise AuthConfigError(f"permission {perm!r} not in {PERMISSIONS}")
+    if model is not None:
+        resource_type, resource_id = "registered_model", model
+    else:
+        from mlflow import MlflowClient
+
+        exp = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(str(experiment))
+        if exp is None:
+            raise AuthConfigError(f"no experiment named {experiment!r} on {tracking_uri}")
+        resource_type, resource_id = "experiment", str(exp.experiment_id)
+    client = get_app_client("basic-auth", tracking_uri=tracking_uri)
+    client.grant_user_permission(username, resource_type, resource_id, perm)
+    return resource_type, resource_id, perm

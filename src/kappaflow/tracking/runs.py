@@ -7,7 +7,6 @@ Tracking URI precedence: ``MLFLOW_TRACKING_URI`` (env) > ``tracking.uri`` (confi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kappaflow.io_utils import file_sha256  # re-exported: the one implementation lives there
 from kappaflow.layout import project_root
 from kappaflow.tracking.git import git_info
 
@@ -252,15 +252,6 @@ def start_stage_run(
         log_params(flatten_params(resolved))
         mlflow.log_text(OmegaConf.to_yaml(resolved, resolve=True), "config/resolved.yaml")
         yield run
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_table(path: Path) -> pd.DataFrame:

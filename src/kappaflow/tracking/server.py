@@ -4,12 +4,20 @@
   stages write to without a server) and ``<project>/mlartifacts``; no auth; one user.
 * **team** (``--team``): a PostgreSQL backend (``postgresql+psycopg2://…``), a shared artifact
   store (``--artifacts-destination``, e.g. ``s3://…``) served through the server, MLflow's
-  basic-auth app (:mod:`kappaflow.tracking.auth`).
+  basic-auth app (:mod:`kappaflow.tracking.auth`) behind a failed-login limiter
+  (:mod:`kappaflow.tracking.auth_app`, ``--app-name kappaflow-auth``); other users' resources
+  are read-only by default (``default_permission: READ``; ``kappaflow server grant``).
 
 Either way the server binds to 127.0.0.1:5000 unless told otherwise, gets explicit
 ``--allowed-hosts``/``--cors-allowed-origins``, runs without MLflow's job runner
 (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: ~7 worker processes, ~1.7 GB, unused here),
 applies the schema migrations first (``mlflow db upgrade``), and stops cleanly on SIGTERM/SIGINT.
+Fail safe: ``mlflow server`` leads its own process group and gets SIGTERM when ``kappaflow server``
+dies (``PR_SET_PDEATHSIG``); a pid file ``.cache/kappaflow/server-<port>.pid`` names that group,
+so a start after a SIGKILL terminates what is left of the previous one (only processes whose
+``/proc`` cmdline is mlflow/uvicorn and whose environment carries that run's token) and removes
+its auth directory. The generated ``basic_auth.ini`` never holds a database password (it goes to
+the server as ``PGPASSWORD``).
 Experiments created through it store artifacts server-side (``mlflow-artifacts:/<id>``).
 Settings: ``tracking.server`` in ``conf/tracking/server.yaml``; CLI flags win over it.
 """
@@ -19,8 +27,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -41,11 +51,17 @@ from kappaflow.tracking.auth import (
     flask_secret_key,
     mask_uri,
 )
+from kappaflow.tracking.auth_app import LIMIT_ENV
 
 log = logging.getLogger(__name__)
 
 BACKEND_ENV = "KAPPAFLOW_MLFLOW_BACKEND_URI"
 ARTIFACTS_ENV = "KAPPAFLOW_MLFLOW_ARTIFACTS"
+#: Env var marking the processes of one server start (pid-file check before killing strays).
+TOKEN_ENV = "KAPPAFLOW_SERVER_TOKEN"
+#: ``mlflow server --app-name``: basic auth behind the failed-login limiter (pyproject.toml).
+AUTH_APP_NAME = "kappaflow-auth"
+AUTH_DIR_PREFIX = "kappaflow-mlflow-auth-"
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 
@@ -68,8 +84,11 @@ class ServerSettings:
         cors_allowed_origins: origins allowed to send state-changing requests.
         auth: run MLflow's basic-auth app.
         auth_database_uri: auth store (users, permissions); None: derived from the backend.
-        default_permission: basic-auth permission of every user on others' resources.
+        default_permission: basic-auth permission of every user on others' resources (``READ``:
+            only owners, grantees and admins may change a run, a model version or an alias).
         auth_cache_ttl_s: seconds a verified login stays cached per worker (0: check each time).
+        login_limit: failed-login limits (:class:`kappaflow.tracking.auth_app.LimitSettings`
+            fields); None: its defaults.
         job_execution: enable MLflow's job runner.
         startup_timeout_s: seconds to wait for ``GET /health``.
     """
@@ -83,8 +102,9 @@ class ServerSettings:
     cors_allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     auth: bool = False
     auth_database_uri: str | None = None
-    default_permission: str = "EDIT"
+    default_permission: str = "READ"
     auth_cache_ttl_s: int = 60
+    login_limit: Mapping[str, Any] | None = None
     job_execution: bool = False
     startup_timeout_s: float = 180.0
 
@@ -186,8 +206,9 @@ def settings_from_config(
         cors_allowed_origins=origins,
         auth=bool(mode.get("auth", False)),
         auth_database_uri=mode.get("auth_database_uri"),
-        default_permission=str(mode.get("default_permission") or "EDIT"),
+        default_permission=str(mode.get("default_permission") or "READ"),
         auth_cache_ttl_s=int(mode.get("auth_cache_ttl_s", 60)),
+        login_limit=dict(mode["login_limit"]) if mode.get("login_limit") else None,
         job_execution=bool(server_cfg.get("job_execution", False)),
         startup_timeout_s=float(server_cfg.get("startup_timeout_s") or 180.0),
     )
@@ -223,7 +244,7 @@ def server_command(settings: ServerSettings) -> list[str]:
         ",".join(settings.cors_allowed_origins),
     ]
     if settings.auth:
-        cmd += ["--app-name", "basic-auth"]
+        cmd += ["--app-name", AUTH_APP_NAME]
     return cmd
 
 
@@ -233,6 +254,8 @@ def server_env(
     auth_config_path: str | os.PathLike[str] | None = None,
     admin: AdminCredentials | None = None,
     base: Mapping[str, str] | None = None,
+    db_password: str | None = None,
+    token: str | None = None,
 ) -> dict[str, str]:
     """Environment of the server process.
 
@@ -240,6 +263,20 @@ def server_env(
     password in it never shows in ``ps``; the admin password and the Flask secret key likewise go
     in ``MLFLOW_AUTH_ADMIN_PASSWORD`` / ``MLFLOW_FLASK_SERVER_SECRET_KEY``. Client credentials of
     the caller are dropped.
+
+    Args:
+        settings: server settings.
+        auth_config_path: the generated ``basic_auth.ini`` (auth on).
+        admin: basic-auth admin credentials.
+        base: environment to start from (default ``os.environ``).
+        db_password: the auth database's password, taken out of the ini's URI: passed as
+            ``PGPASSWORD`` (libpq reads it).
+        token: marks this start's processes (:data:`TOKEN_ENV`, checked before a later start
+            kills strays).
+
+    Raises:
+        ServerError: auth on without an ini, or ``db_password`` differs from a ``PGPASSWORD``
+            already set.
     """
     env = dict(os.environ if base is None else base)
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
@@ -252,11 +289,21 @@ def server_env(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if token:
+        env[TOKEN_ENV] = token
+    if db_password:
+        if env.get("PGPASSWORD") not in (None, "", db_password):
+            raise ServerError(
+                "the auth database URI carries a password other than PGPASSWORD: keep passwords "
+                "in PGPASSWORD or ~/.pgpass, not in URIs"
+            )
+        env["PGPASSWORD"] = db_password
     if settings.auth:
         if auth_config_path is None:
             raise ServerError("auth is on but no basic_auth.ini was written")
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config_path)
         env[SECRET_KEY_ENV] = flask_secret_key(admin, env)
+        env[LIMIT_ENV] = json.dumps(dict(settings.login_limit or {}))
         if admin is not None:
             env["MLFLOW_AUTH_ADMIN_USERNAME"] = admin.username
             if admin.password:
@@ -370,6 +417,124 @@ def stop_process_group(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> 
     return proc.wait()
 
 
+def pid_file_path(port: int) -> Path:
+    """``<project>/.cache/kappaflow/server-<port>.pid``: the running server of that port."""
+    return project_root() / ".cache" / "kappaflow" / f"server-{port}.pid"
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _environ_has(pid: int, key: str, value: str) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{key}={value}".encode() in raw.split(b"\0")
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time of ``pid`` (clock ticks after boot; tells a reused pid apart), None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid`` (Linux ``/proc``)."""
+    members = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat_file.parent.name))
+    return members
+
+
+def is_our_server_process(pid: int, token: str) -> bool:
+    """Whether ``pid`` is an mlflow/uvicorn process of the server start marked ``token``.
+
+    Both must hold: its ``/proc/<pid>/cmdline`` runs ``mlflow`` or ``uvicorn``, and its
+    environment carries ``KAPPAFLOW_SERVER_TOKEN=<token>`` (a reused pid never matches).
+    """
+    cmd = " ".join(_cmdline(pid))
+    return ("mlflow" in cmd or "uvicorn" in cmd) and _environ_has(pid, TOKEN_ENV, token)
+
+
+def reap_stale_server(path: str | os.PathLike[str], timeout_s: float = 15.0) -> list[int]:
+    """Clean up after a server whose ``kappaflow server`` process died (e.g. SIGKILL).
+
+    Reads the pid file ``path``; if its owner process is gone (same pid and start time),
+    SIGTERMs (then SIGKILLs) the
+    processes of the recorded group that are verifiably ours (:func:`is_our_server_process`),
+    removes the recorded private auth directory and the pid file. A pid file of a live owner is
+    left alone (that server is running).
+
+    Returns:
+        The pids terminated.
+    """
+    p = Path(path)
+    try:
+        info = json.loads(p.read_text())
+    except (OSError, ValueError):
+        p.unlink(missing_ok=True)
+        return []
+    owner = int(info.get("owner_pid") or 0)
+    if owner and _start_time(owner) == info.get("owner_start"):
+        return []  # the very process that started it still runs (not a reused pid)
+    token = str(info.get("token") or "")
+    pgid = int(info.get("pgid") or 0)
+    victims = [pid for pid in _group_members(pgid) if token and is_our_server_process(pid, token)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + (timeout_s if sig == signal.SIGTERM else 5.0)
+        while time.monotonic() < deadline and (left := _group_members(pgid)):
+            if not set(left) & set(victims):
+                break
+            time.sleep(0.1)
+        left = sorted(set(_group_members(pgid)) & set(victims))
+        if not left:
+            break
+        if sig == signal.SIGTERM:
+            log.warning("stale server processes %s ignored SIGTERM: SIGKILL", left)
+    if victims:
+        log.warning("terminated stale mlflow server processes %s (pid file %s)", victims, p)
+    auth_dir = info.get("auth_dir")
+    if auth_dir and Path(auth_dir).name.startswith(AUTH_DIR_PREFIX):
+        shutil.rmtree(auth_dir, ignore_errors=True)
+    p.unlink(missing_ok=True)
+    return victims
+
+
+def _write_pid_file(path: Path, info: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(dict(info), f)
+    tmp.replace(path)
+
+
+def _die_with_parent() -> None:
+    """``preexec_fn``: SIGTERM this child when the process that spawned it dies (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 @dataclass
 class RunningServer:
     """A started server: its process, URL and timings.
@@ -380,6 +545,7 @@ class RunningServer:
         upgrade_s: seconds of ``mlflow db upgrade``.
         startup_s: seconds from spawn to the first healthy ``GET /health``.
         auth_dir: private directory of the generated ``basic_auth.ini`` (removed on stop).
+        pid_file: records the process group (removed on stop; see :func:`reap_stale_server`).
     """
 
     settings: ServerSettings
@@ -387,6 +553,7 @@ class RunningServer:
     upgrade_s: float = 0.0
     startup_s: float = 0.0
     auth_dir: Path | None = None
+    pid_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -398,6 +565,8 @@ class RunningServer:
         code = stop_process_group(self.process, timeout_s)
         if self.auth_dir is not None:
             shutil.rmtree(self.auth_dir, ignore_errors=True)
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
         return code
 
 
@@ -424,24 +593,43 @@ def start_server(
     from kappaflow.tracking import auth
 
     check_requirements(settings)
+    pid_file = pid_file_path(settings.port)
+    if pid_file.exists() and reap_stale_server(pid_file):
+        deadline = time.monotonic() + 15.0  # the port frees once the old uvicorn is gone
+        while health(settings.url, timeout=0.5) and time.monotonic() < deadline:
+            time.sleep(0.25)
     if health(settings.url, timeout=0.5):
         raise ServerError(f"something already answers on {settings.url}")
     upgrade_s = upgrade_database(settings.backend_store_uri)
     auth_dir: Path | None = None
     config_path: Path | None = None
+    db_password: str | None = None
     if settings.auth:
         admin = admin or auth.admin_credentials()
         db_uri = settings.auth_database_uri or auth.auth_database_uri(settings.backend_store_uri)
         if auth.ensure_database(db_uri):
             log.info("created auth database %s", mask_uri(db_uri))
+        ini_uri, db_password = auth.split_password(db_uri)
         config_path = auth.write_auth_config(
-            db_uri,
+            ini_uri,
             admin.username if admin else "admin",
             settings.default_permission,
             auth_cache_ttl_s=settings.auth_cache_ttl_s,
         )
         auth_dir = config_path.parent
-    env = server_env(settings, auth_config_path=config_path, admin=admin)
+    token = secrets.token_hex(16)
+    try:
+        env = server_env(
+            settings,
+            auth_config_path=config_path,
+            admin=admin,
+            db_password=db_password,
+            token=token,
+        )
+    except BaseException:
+        if auth_dir is not None:
+            shutil.rmtree(auth_dir, ignore_errors=True)
+        raise
     out = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115 (child owns it)
     t0 = time.perf_counter()
     try:
@@ -451,11 +639,24 @@ def start_server(
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,  # own process group: Ctrl-C reaches us, we stop it cleanly
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
     finally:
         if out is not None:
             out.close()
-    server = RunningServer(settings, proc, upgrade_s=upgrade_s, auth_dir=auth_dir)
+    info = {
+        "owner_pid": os.getpid(),
+        "owner_start": _start_time(os.getpid()),
+        "pgid": proc.pid,
+        "token": token,
+        "port": settings.port,
+        "auth_dir": str(auth_dir) if auth_dir else None,
+        "started": time.time(),
+    }
+    _write_pid_file(pid_file, info)
+    server = RunningServer(
+        settings, proc, upgrade_s=upgrade_s, auth_dir=auth_dir, pid_file=pid_file
+    )
     try:
         wait_until_healthy(settings.url, proc, settings.startup_timeout_s)
     except BaseException:
@@ -586,8 +787,32 @@ def _cmd_add_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_grant(args: argparse.Namespace) -> int:
+    from kappaflow.tracking.auth import grant
+
+    url = args.url or os.environ.get("MLFLOW_TRACKING_URI")
+    if not url or not url.startswith(("http://", "https://")):
+        print(
+            "kappaflow server grant: give --url or an http(s) MLFLOW_TRACKING_URI", file=sys.stderr
+        )
+        return 2
+    try:
+        kind, rid, perm = grant(
+            url,
+            args.username,
+            model=args.model,
+            experiment=args.experiment,
+            permission=args.permission,
+        )
+    except AuthConfigError as exc:
+        print(f"kappaflow server grant: {exc}", file=sys.stderr)
+        return 2
+    print(f"granted {perm} on {kind} {rid!r} to {args.username!r} on {url}")
+    return 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add ``kappaflow server [--team] …`` and ``kappaflow server add-user NAME``."""
+    """Add ``kappaflow server [--team] …``, ``server add-user NAME``, ``server grant NAME …``."""
     p = subparsers.add_parser(
         "server",
         help="MLflow tracking + registry server (embedded sqlite, or --team: PostgreSQL + auth)",
@@ -610,7 +835,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--allowed-hosts", type=_csv, help="comma-separated Host headers to accept")
     p.add_argument("--cors-allowed-origins", type=_csv, help="comma-separated CORS origins")
     p.set_defaults(func=_cmd_serve)
-    sub = p.add_subparsers(dest="server_command", metavar="{add-user}")
+    sub = p.add_subparsers(dest="server_command", metavar="{add-user,grant}")
     u = sub.add_parser(
         "add-user",
         help="create a basic-auth user (as the admin in MLFLOW_TRACKING_USERNAME/PASSWORD)",
@@ -619,3 +844,17 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     u.add_argument("--url", help="server URL (default: MLFLOW_TRACKING_URI)")
     u.add_argument("--admin", action="store_true", help="make the user an admin")
     u.set_defaults(func=_cmd_add_user)
+    g = sub.add_parser(
+        "grant",
+        help="let a user change a registered model (default MANAGE) or an experiment (EDIT)",
+        description="With default_permission READ only owners, grantees and admins may write. "
+        "E.g. the register stage's service user: `kappaflow server grant registrar "
+        "kappaflow-kappa`; a teammate logging runs: `kappaflow server grant bob --experiment "
+        "kappaflow`. Run as an admin (MLFLOW_TRACKING_USERNAME/PASSWORD).",
+    )
+    g.add_argument("username")
+    g.add_argument("model", nargs="?", help="registered model name (e.g. kappaflow-kappa)")
+    g.add_argument("--experiment", help="an experiment name instead of a model")
+    g.add_argument("--permission", choices=("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS"))
+    g.add_argument("--url", help="server URL (default: MLFLOW_TRACKING_URI)")
+    g.set_defaults(func=_cmd_grant)

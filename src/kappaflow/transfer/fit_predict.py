@@ -10,7 +10,12 @@ material of the evaluated κ set removed from them (so no fold's test material i
 once per (strategy, dataset); each fold then continues from that model.
 
 Fold checkpoints and finished fold predictions live under ``.cache/kappaflow/finetune/`` (see
-:func:`fold_cache_dir`) so a crashed stage resumes where it stopped. Used by the ``finetune``,
+:func:`fold_cache_dir`) so a crashed stage resumes where it stopped. Both the folder and every
+fold file are keyed by content (:func:`kappaflow.io_utils.content_key`): the bytes of every input
+file (:func:`fold_inputs`: pretrained encoder, prepared datasets, graph caches), the recipe's
+config, the package version and source (:data:`kappaflow.io_utils.RESULT_CODE`), plus the rows
+of the fold; a new encoder, dataset or code never reuses an old fold. A finished fold whose files
+do not load is deleted and recomputed (logged warning). Used by the ``finetune``,
 ``extrapolate`` and ``pretrain_size`` stages and by sweeps.
 """
 
@@ -33,8 +38,20 @@ from kappaflow.config import compose
 from kappaflow.data.leakage import exclude_overlapping, material_keys
 from kappaflow.data.splits import inner_validation_split
 from kappaflow.evaluation.protocol import dataset_evaluation, protocol_settings
-from kappaflow.io_utils import config_digest
-from kappaflow.layout import graph_cache_path, kappa_table, project_root, target_name
+from kappaflow.io_utils import (
+    RESULT_CODE,
+    CorruptFileError,
+    atomic_write,
+    content_key,
+    verify_zip,
+)
+from kappaflow.layout import (
+    graph_cache_path,
+    interim_dir,
+    kappa_table,
+    project_root,
+    target_name,
+)
 from kappaflow.training.datamodule import GraphDataModule
 from kappaflow.training.export import predict, save_model
 from kappaflow.training.inputs import RowsView, input_kind, load_model_inputs
@@ -133,7 +150,10 @@ def build_fit_predict(
             earlier stages' sets).
         table: rows of ``dataset`` (``id, formula, spacegroup, kappa``), possibly a subset.
         work: cache directory: finished folds (``fold-<key>.npy`` / ``.pt``) are reused, so a
-            crashed run resumes; key = hash of the fold's train and test rows.
+            crashed run resumes; key = hash of the recipe's content key (input files, config,
+            code: as :func:`fold_cache_dir`), ``table``'s ids and κ, and the fold's train,
+            validation and test rows. A finished fold that does not load (truncated, wrong
+            length, non-finite, bad zip CRC) is deleted and recomputed with a warning.
         export_dir: where to copy each fold's exported model as ``repeat<r>-fold<f>.pt`` (folds
             numbered in call order, ``n_splits`` per repeat); None: no copies.
     """
@@ -158,8 +178,9 @@ def build_fit_predict(
     if export_dir is not None and export_dir.exists():
         shutil.rmtree(export_dir)
     fold_no = iter(range(10**9))
+    run_key = _run_key(cfg, s_cfg, dataset, table)
     start_model = (
-        _run_earlier_stages(cfg, s_cfg, model_cfg, plan, table, pretrained, work, ev)
+        _run_earlier_stages(cfg, s_cfg, model_cfg, plan, table, pretrained, work, ev, run_key)
         if plan
         else None
     )
@@ -170,14 +191,15 @@ def build_fit_predict(
             shutil.copy2(exported, export_dir / name)
 
     def fit_predict(train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
-        key = _fold_key(train_idx, test_idx)
+        key = _fold_key(run_key, train_idx, val_idx, test_idx)
         done = work / f"fold-{key}.npy"
         exported = work / f"fold-{key}.pt"
         k = next(fold_no)
         name = f"repeat{k // n_splits}-fold{k % n_splits}.pt"
-        if done.is_file() and (sklearn_head or exported.is_file()):  # finished before a crash
+        finished = _load_finished(done, None if sklearn_head else exported, len(test_idx))
+        if finished is not None:  # finished before a crash (or by an identical recipe)
             export(exported, name)
-            return np.load(done)
+            return finished
         L.seed_everything(seed, workers=True)
         if plan:
             model = copy.deepcopy(start_model)
@@ -198,7 +220,7 @@ def build_fit_predict(
             meta = {"strategy": strategy, "dataset": dataset, "fold": name[:-3], "seed": seed}
             save_model(exported, module.model, module.transform, model_cfg, meta)
             export(exported, name)
-        np.save(done, pred)
+        atomic_write(done, lambda tmp: _save_npy(tmp, pred))
         return pred
 
     return fit_predict
@@ -228,8 +250,13 @@ def _run_earlier_stages(
     pretrained: Path | None,
     work: Path,
     evaluation: DictConfig,
+    run_key: str,
 ) -> Any:
-    """Train the stages before the last one (e.g. AGL κ) on sets without ``target``'s materials."""
+    """Train the stages before the last one (e.g. AGL κ) on sets without ``target``'s materials.
+
+    Each stage trains in ``work/stage<k>-<dataset>-<run_key>`` (resumable; ``run_key`` as
+    :func:`_run_key`, so other inputs never resume a stale stage).
+    """
     L.seed_everything(int(cfg.seed), workers=True)
     model, over = prepare_model(s_cfg, model_cfg, pretrained, 1)
     for k, stage in enumerate(plan[:-1]):
@@ -254,27 +281,100 @@ def _run_earlier_stages(
             int(cfg.seed),
         )
         tcfg = fold_trainer_cfg(cfg, over, evaluation)
-        module = _train(model, inputs, tr, va, tcfg, work / f"stage{k}-{stage.dataset}")
+        stage_dir = work / f"stage{k}-{stage.dataset}-{run_key}"
+        module = _train(model, inputs, tr, va, tcfg, stage_dir)
         model = module.model
     return model
 
 
 def fold_cache_dir(cfg: DictConfig, strategy: str, dataset: str) -> Path:
-    """``.cache/kappaflow/finetune/<strategy>-<dataset>-<digest>``: finished folds of one recipe.
+    """``.cache/kappaflow/finetune/<strategy>-<dataset>-<key>``: finished folds of one recipe.
 
-    The digest covers the strategy node, model card, trainer, evaluation settings and seed, so
-    any study that runs the same recipe on the same folds (pretraining size at 100 %, say)
-    reuses the folds the ``finetune`` stage trained.
+    ``key`` is :func:`kappaflow.io_utils.content_key` of the files the recipe reads
+    (:func:`fold_inputs`: pretrained encoder weights, prepared dataset bytes, graph caches, and
+    those of two_stage's earlier-stage sets), its config (strategy node, model card, trainer,
+    evaluation settings, seed) and the code (package version + sha256 of
+    :data:`kappaflow.io_utils.RESULT_CODE`). Any study that runs the same recipe on the same
+    inputs (pretraining size at 100 %, say) reuses the folds the ``finetune`` stage trained;
+    replacing ``models/pretrain/<run>.pt`` (``-S pretrain.fraction=…``) gives a new folder.
     """
     s_cfg = strategy_node(cfg, strategy)
     name = f"{strategy}-{dataset}-{_digest(cfg, s_cfg, dataset)}"
     return project_root() / ".cache" / "kappaflow" / "finetune" / name
 
 
-def _fold_key(train_idx: np.ndarray, test_idx: np.ndarray) -> str:
+def fold_inputs(cfg: DictConfig, strategy: str, dataset: str) -> list[Path]:
+    """Return every file a recipe's folds read (the file part of their cache key).
 
-    h = hashlib.sha256(np.asarray(train_idx).tobytes() + b"|" + np.asarray(test_idx).tobytes())
+    The pretrained export ``models/pretrain/<run>.pt`` (if the strategy names one), then per
+    dataset (``dataset`` and, for two_stage, its earlier stages' sets) the prepared
+    ``data/interim/<name>/valid.parquet`` and, for graph models, ``data/graphs/<name>.pt``.
+    Files that do not exist are listed too (they count as absent in the key).
+    """
+    return _inputs(cfg, strategy_node(cfg, strategy), dataset)
+
+
+def _inputs(cfg: DictConfig, s_cfg: DictConfig, dataset: str) -> list[Path]:
+
+    root = project_root()
+    files: list[Path] = []
+    if s_cfg.get("pretrained"):
+        files.append(pretrained_model_path(root / cfg.paths.models_dir, s_cfg.pretrained))
+    names = [dataset]
+    if s_cfg.name == "two_stage":
+        names += [st.dataset for st in stage_plan(s_cfg, target_dataset=dataset)[:-1]]
+    graph = input_kind(cfg.models[s_cfg.model]) == "graph"
+    for name in names:
+        files.append(interim_dir(cfg, name) / "valid.parquet")
+        if graph:
+            files.append(graph_cache_path(cfg, name))
+    return files
+
+
+def _run_key(cfg: DictConfig, s_cfg: DictConfig, dataset: str, table: pd.DataFrame) -> str:
+    """Content key of one ``build_fit_predict`` call: the recipe's (:func:`_digest`) + ``table``."""
+    rows = pd.util.hash_pandas_object(table[["id", "kappa"]], index=False).to_numpy()
+    h = hashlib.sha256(_digest(cfg, s_cfg, dataset).encode() + b"|" + rows.tobytes())
     return h.hexdigest()[:16]
+
+
+def _fold_key(
+    run_key: str, train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray
+) -> str:
+
+    h = hashlib.sha256(run_key.encode())
+    for idx in (train_idx, val_idx, test_idx):
+        h.update(b"|" + np.asarray(idx, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_finished(done: Path, exported: Path | None, n_test: int) -> np.ndarray | None:
+    """Predictions of a finished fold, or None (not finished, or unusable: deleted, warned).
+
+    Usable: ``done`` loads as a finite float vector of ``n_test`` κ values (W/m/K) and
+    ``exported`` (None for sklearn heads) is a complete zip archive whose CRC-32s match.
+    """
+    if not done.is_file() or (exported is not None and not exported.is_file()):
+        return None
+    try:
+        pred = np.load(done, allow_pickle=False)
+        if pred.shape != (n_test,) or not np.isfinite(pred).all():
+            raise ValueError(f"shape {pred.shape} / non-finite values, expected {n_test} κ values")
+        if exported is not None:
+            verify_zip(exported)
+    except (ValueError, OSError, EOFError, CorruptFileError) as err:
+        log.warning("fold cache %s unusable (%s): deleted, recomputing the fold", done, err)
+        done.unlink(missing_ok=True)
+        if exported is not None:
+            exported.unlink(missing_ok=True)
+        return None
+    return pred
+
+
+def _save_npy(path: Path, values: np.ndarray) -> None:
+    """``np.save`` to exactly ``path`` (``np.save`` on a name appends ``.npy`` otherwise)."""
+    with open(path, "wb") as f:
+        np.save(f, np.asarray(values))
 
 
 def _digest(cfg: DictConfig, s_cfg: DictConfig, dataset: str) -> str:
@@ -287,4 +387,4 @@ def _digest(cfg: DictConfig, s_cfg: DictConfig, dataset: str) -> str:
         "protocol": protocol_settings(ev),
         "seed": cfg.seed,
     }
-    return config_digest(sig)
+    return content_key(_inputs(cfg, s_cfg, dataset), sig, RESULT_CODE)

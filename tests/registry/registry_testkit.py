@@ -146,6 +146,13 @@ def write_candidate(
         "folds": _folds(metric, n_members, n_rows),
     }
     (out / "cv.json").write_text(json.dumps(cv))
+    # out-of-fold predictions whose |log10 residual| is `metric` (conformal calibration input)
+    rows = [
+        {"id": f"m{i}", "repeat": 0, "fold": i % n_members, "kappa_true": 10.0}
+        | {"kappa_pred": 10.0 * 10 ** (metric * (1 if i % 2 else -1))}
+        for i in range(n_rows)
+    ]
+    pd.DataFrame(rows).to_csv(out / "predictions.csv", index=False)
     return write_members(out / "folds", n_members, seed=seed)
 
 

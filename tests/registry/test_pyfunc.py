@@ -82,7 +82,7 @@ def test_round_trip_predicts_nacl_and_si_and_isolates_a_bad_cif(model_uri):
     assert np.isfinite(ok["kappa"]).all() and (ok["kappa"] > 0).all()
     assert np.allclose(ok["kappa"], 10 ** ok["log10_kappa"])
     assert (ok["sigma_log10"] >= 0).all()
-    assert (ok["kappa_lo"] <= ok["kappa"]).all() and (ok["kappa"] <= ok["kappa_hi"]).all()
+    assert ok["kappa_lo68"].isna().all()  # the pyfunc path sets no calibration
     # NaCl is a training material; Si has an element the training set lacks
     assert bool(ok["in_domain"].iloc[0]) and not bool(ok["in_domain"].iloc[1])
     assert "unseen elements: Si" in ok["ood_reason"].iloc[1]

@@ -20,7 +20,8 @@ def champion_project(tmp_path_factory, _migrated_mlflow_db):
     tmp = tmp_path_factory.mktemp("cli")
     with pytest.MonkeyPatch.context() as monkeypatch:
         root, cfg = kit.enter_project(tmp / "proj", _migrated_mlflow_db, monkeypatch)
-        kit.write_candidate(root, "finetune", "paraisite_d1", 0.3, n_members=3)
+        # 30 out-of-fold rows: enough residuals for a finite 95 % conformal interval
+        kit.write_candidate(root, "finetune", "paraisite_d1", 0.3, n_members=3, n_rows=30)
         register_stage(cfg)
         OmegaConf.save(cfg, root / "params.yaml")  # the CLI reads the project's params.yaml
         files = tmp / "files"
@@ -41,7 +42,8 @@ def test_predict_prints_kappa_and_sigma_and_reports_bad_files(champion_project, 
     assert code == 1  # one file failed, the others were still predicted
     assert f"ERROR {paths[1]}: malformed_cif" in err
     lines = out.splitlines()
-    assert lines[0].startswith("file") and "κ (W/m/K)" in lines[0] and "σ(log10)" in lines[0]
+    assert lines[0].startswith("file") and "κ (W/m/K)" in lines[0] and "95 % interval" in lines[0]
+    assert "calibrated on 30 out-of-fold predictions" in out
     assert any(line.startswith(paths[0]) and " NaCl " in line for line in lines)
     assert any(line.startswith(paths[2]) and " Si " in line for line in lines)
     assert "no (unseen elements: Si)" in out
@@ -57,7 +59,8 @@ def test_predict_json_with_explicit_model_uri(champion_project, capsys):
     assert code == 0 and len(records) == 1
     rec = records[0]
     assert rec["formula"] == "NaCl" and rec["kappa"] > 0 and rec["sigma_log10"] >= 0
-    assert rec["kappa_lo"] <= rec["kappa"] <= rec["kappa_hi"] and rec["error"] == ""
+    assert rec["kappa_lo95"] <= rec["kappa_lo68"] <= rec["kappa"] <= rec["kappa_hi68"]
+    assert rec["kappa_hi68"] <= rec["kappa_hi95"] and rec["error"] == ""
 
 
 def test_missing_file_and_missing_model_are_clear(champion_project, capsys):

@@ -1,6 +1,7 @@
 """``kappaflow predict FILE...`` and ``kappaflow screen``: the champion κ model from the shell.
 
-``predict`` prints κ (W/m/K) with its ±1σ band, σ (std over ensemble members of log10 κ) and
+``predict`` prints κ (W/m/K) with its calibrated 68 % and 95 % intervals (conformal, from the
+registered strategy's out-of-fold residuals), σ (std over ensemble members of log10 κ) and
 the domain flag for each CIF/POSCAR file, using ``models:/<registry.model_name>@champion`` from
 the tracking store of ``params.yaml`` (or ``--model-uri``, a ``models:/`` version or alias). Only
 the model's ensemble data is downloaded and it is used only if its sha256 matches the version's
@@ -9,7 +10,7 @@ stored with the model runs (:mod:`kappaflow.registry.trust`). A file that cannot
 scored prints ``ERROR <file>: <reason>`` on stderr; the other files are still predicted, and the
 exit code is 1 if any file failed.
 
-``screen`` runs the ``screen`` stage (:func:`kappaflow.screen.stage.screen_stage`), with
+``screen`` runs the ``screen`` stage (:func:`kappaflow.stages.screen.screen_stage`), with
 extra structure directories (``--dir``, repeatable).
 
 Only light modules are imported at module level (``kappaflow --help`` stays fast).
@@ -109,18 +110,28 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """Plain-text table of successful prediction rows."""
     from kappaflow.structure.cif import escape_control
 
-    head = ("file", "formula", "κ (W/m/K)", "±1σ band (W/m/K)", "σ(log10)", "in domain")
+    head = (
+        "file",
+        "formula",
+        "κ (W/m/K)",
+        "68 % interval",
+        "95 % interval",
+        "σ members",
+        "in domain",
+    )
     body = []
     for r in rows:
         dom = "yes" if r["in_domain"] else f"no ({r['ood_reason']})"
         sigma = r["sigma_log10"]
-        band = f"[{_fmt(r['kappa_lo'])}, {_fmt(r['kappa_hi'])}]"
+        i68 = f"[{_fmt(r['kappa_lo68'])}, {_fmt(r['kappa_hi68'])}]"
+        i95 = f"[{_fmt(r['kappa_lo95'])}, {_fmt(r['kappa_hi95'])}]"
         body.append(
             (
                 escape_control(str(r["id"])),
                 r["formula"],
                 _fmt(r["kappa"]),
-                band,
+                i68,
+                i95,
                 f"{sigma:.3f}",
                 dom,
             )
@@ -215,8 +226,20 @@ def predict_command(args: argparse.Namespace) -> int:
         print(json.dumps([_plain(r) for r in rows], indent=1))
     elif good:
         print(format_table(good))
-        print(f"model: {uri}; σ = std over ensemble members of log10 κ; band = κ ×/÷ 10^σ")
+        print(f"model: {uri}; {interval_note(model.ensemble.calibration)}")
     return 1 if failed else 0
+
+
+def interval_note(calibration: Any) -> str:
+    """One line saying what the intervals are (and that σ is not one)."""
+    sigma = "σ members = std over ensemble members of log10 κ (disagreement, not an interval)"
+    if calibration is None:
+        return f"uncalibrated model (registered before calibration): no interval; {sigma}"
+    q68, q95 = calibration.half_width[0.68], calibration.half_width[0.95]
+    return (
+        f"intervals: conformal, calibrated on {calibration.n} out-of-fold predictions "
+        f"(68 %: κ ×/÷ {10**q68:.2f}, 95 %: κ ×/÷ {10**q95:.2f}); {sigma}"
+    )
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,20 @@ class Calibration:
         hw = {float(k): float(v) for k, v in data["half_width"].items()}
         return cls(hw, int(data["n"]), str(data.get("method", cls.method)))
 
+    def to_tags(self) -> dict[str, str]:
+        """Model-version tags: ``calibration_q68``, ``calibration_q95`` (decades), ``_n``."""
+        tags = {f"calibration_q{round(100 * c)}": f"{q:.6g}" for c, q in self.half_width.items()}
+        return tags | {"calibration_n": str(self.n)}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, Any]) -> Calibration | None:
+        """Inverse of :meth:`to_tags` for :data:`LEVELS` (None when a version has no such tags)."""
+        try:
+            hw = {c: float(tags[f"calibration_q{round(100 * c)}"]) for c in LEVELS}
+            return cls(hw, int(tags["calibration_n"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
 
 def cross_conformal_coverage(
     predictions: pd.DataFrame, levels: Sequence[float] = LEVELS

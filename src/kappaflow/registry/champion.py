@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from kappaflow.evaluation.calibration import Calibration
 from kappaflow.layout import project_root
 from kappaflow.registry.trust import (
     DIR_SHA_TAG,
@@ -192,4 +193,6 @@ def load_champion(uri: str, device: str, info: dict[str, Any] | None = None) -> 
             info.get("pinned_by") or "models/champion.json",
         )
         ensemble, domain, spec = load_ensemble_dir(local, device)
+    # from the verified ensemble.json (not the editable version tags)
+    ensemble.calibration = Calibration.from_tags(spec.get("meta") or {})
     return LoadedModel(ensemble, domain, spec, info, sha)

@@ -7,8 +7,8 @@ log10 κ (κ in W/m/K). For every crystal the ensemble returns
 * ``log10_kappa``: the mean over members of log10 κ (so κ = 10**log10_kappa is the geometric
   mean of the members' κ, W/m/K);
 * ``sigma_log10``: the sample standard deviation (ddof = 1) over members of log10 κ, in log10
-  units (decades). ``10**sigma_log10`` is the multiplicative ±1σ factor of the κ band
-  ``[κ / 10**σ, κ * 10**σ]``. A one-member ensemble has no spread: σ is NaN;
+  units (decades): how much the members disagree, not a calibrated interval (that is
+  :attr:`KappaEnsemble.calibration`). A one-member ensemble has no spread: σ is NaN;
 * ``embedding``: member 0's encoder embedding (used for the out-of-domain distance).
 
 Graph members get the crystal graph of :func:`kappaflow.graphs.build.crystal_to_graph` with the
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch, Data
 
+from kappaflow.evaluation.calibration import Calibration
 from kappaflow.models.factory import check_graph_settings, input_kind
 from kappaflow.structure.crystal import CrystalArrays
 from kappaflow.training.target_transform import TargetTransform
@@ -117,6 +118,8 @@ class KappaEnsemble:
         self.model_cfg = dict(model_cfg)
         self.graph = graph
         self.input_kind = input_kind(self.model_cfg)
+        #: Conformal κ intervals (set from the registered version; None: uncalibrated).
+        self.calibration: Calibration | None = None
         check_graph_settings(
             self.model_cfg, graph.to_dict(), source="the ensemble's graph settings"
         )

@@ -6,9 +6,11 @@ an ``error`` (``<reason>: <detail>``); the rest of its batch is still predicted.
 
 Output columns (:data:`COLUMNS`): ``id``, ``formula`` (pymatgen reduced), ``kappa`` (W/m/K,
 10**log10_kappa), ``log10_kappa`` (mean over members), ``sigma_log10`` (std over members of
-log10 κ, decades), ``kappa_lo``/``kappa_hi`` (W/m/K, the ±1σ band 10**(log10_kappa ∓ σ)),
-``in_domain``, ``ood_reason``, ``nn_distance`` (standardized embedding distance to the nearest
-training material), ``error``.
+log10 κ, decades: the members' disagreement, not an interval), ``kappa_lo68``/``kappa_hi68`` and
+``kappa_lo95``/``kappa_hi95`` (W/m/K: conformal intervals calibrated on the out-of-fold residuals
+of the registered strategy, :mod:`kappaflow.evaluation.calibration`; NaN for an uncalibrated
+ensemble), ``in_domain``, ``ood_reason``, ``nn_distance`` (standardized embedding distance to the
+nearest training material), ``error``.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ COLUMNS = (
     "kappa",
     "log10_kappa",
     "sigma_log10",
-    "kappa_lo",
-    "kappa_hi",
+    "kappa_lo68",
+    "kappa_hi68",
+    "kappa_lo95",
+    "kappa_hi95",
     "in_domain",
     "ood_reason",
     "nn_distance",
@@ -125,8 +129,10 @@ def _error_row(item: Item) -> dict[str, Any]:
         "kappa": np.nan,
         "log10_kappa": np.nan,
         "sigma_log10": np.nan,
-        "kappa_lo": np.nan,
-        "kappa_hi": np.nan,
+        "kappa_lo68": np.nan,
+        "kappa_hi68": np.nan,
+        "kappa_lo95": np.nan,
+        "kappa_hi95": np.nan,
         "in_domain": False,
         "ood_reason": "",
         "nn_distance": np.nan,
@@ -175,18 +181,22 @@ def predict_items(
                 [""] * len(batch),
                 np.full(len(batch), np.nan),
             )
+        cal = ensemble.calibration
         for k, i in enumerate(good):
             mu, sd = float(out.log10_kappa[k]), float(out.sigma_log10[k])
             finite = np.isfinite(out.members_log10[k]).all()
-            band = sd if np.isfinite(sd) else 0.0
+            q68 = cal.half_width[0.68] if cal is not None and finite else np.nan
+            q95 = cal.half_width[0.95] if cal is not None and finite else np.nan
             rows[i] = {
                 "id": batch[k].id,
                 "formula": batch[k].formula,
                 "kappa": 10.0**mu if finite else np.nan,
                 "log10_kappa": mu if finite else np.nan,
                 "sigma_log10": sd if finite else np.nan,
-                "kappa_lo": 10.0 ** (mu - band) if finite else np.nan,
-                "kappa_hi": 10.0 ** (mu + band) if finite else np.nan,
+                "kappa_lo68": 10.0 ** (mu - q68),
+                "kappa_hi68": 10.0 ** (mu + q68),
+                "kappa_lo95": 10.0 ** (mu - q95),
+                "kappa_hi95": 10.0 ** (mu + q95),
                 "in_domain": bool(in_dom[k]) and bool(finite),
                 "ood_reason": reasons[k],
                 "nn_distance": float(dist[k]),

@@ -51,7 +51,8 @@ ENSEMBLE_FORMAT = "kappaflow-ensemble/1"
 ENSEMBLE_ARTIFACT = "ensemble"
 SIGMA_DEFINITION = (
     "sigma_log10 = sample std (ddof=1) over ensemble members of log10 kappa (decades); "
-    "kappa = 10**mean(log10 kappa) W/m/K; band [kappa_lo, kappa_hi] = 10**(mean -/+ sigma)"
+    "kappa = 10**mean(log10 kappa) W/m/K; [kappa_lo68, kappa_hi68], [kappa_lo95, kappa_hi95]: "
+    "conformal intervals (W/m/K) calibrated on out-of-fold residuals"
 )
 #: Distributions the featurizer and the models import (versions pinned to this environment).
 #: ``torch`` is pinned without its local tag (``+cpu``/``+cu128``) so a GPU host installs its own.
@@ -208,7 +209,8 @@ class KappaEnsembleModel(mlflow.pyfunc.PythonModel):
 
         Returns:
             One row per input: ``id, formula, kappa (W/m/K), log10_kappa, sigma_log10
-            (decades), kappa_lo, kappa_hi (W/m/K), in_domain, ood_reason, nn_distance, error``.
+            (decades), kappa_lo68/hi68, kappa_lo95/hi95 (W/m/K), in_domain, ood_reason,
+            nn_distance, error``.
         """
         from kappaflow.registry.predictor import predict_cifs
 

@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig
 
 from kappaflow.data.prepare import crystals_from_frame
+from kappaflow.evaluation.calibration import Calibration
 from kappaflow.evaluation.report import write_report
 from kappaflow.io_utils import config_digest, write_json
-from kappaflow.layout import baseline_dir, interim_dir, load_prepared, project_root
+from kappaflow.layout import baseline_dir, finetune_dir, interim_dir, load_prepared, project_root
 from kappaflow.registry import promotion as P
 from kappaflow.registry.domain import fit_domain
 from kappaflow.registry.ensemble import GraphSettings, KappaEnsemble
@@ -405,6 +407,11 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
     quantile = float(reg.domain_quantile)
     sha = ensemble_sha256(cand.members, {"graph": graph.to_dict(), "quantile": quantile})
     tags = _version_tags(cfg, cand, sha)
+    oof = finetune_dir(cfg, cand.strategy, cand.dataset) / "predictions.csv"
+    if oof.is_file():  # stored in ensemble.json too: the intervals predict/screen print
+        tags |= Calibration.from_predictions(pd.read_csv(oof)).to_tags()
+    else:
+        log.warning("register: no %s: the ensemble is registered without calibration", oof)
     gate = baseline_gate(cfg, cand)
     tags["gated"] = gate.tag
     log.log(logging.INFO if gate.passed else logging.WARNING, "register: gate: %s", gate.reason)

@@ -6,7 +6,7 @@ Streams the pool (:mod:`kappaflow.screen.pool`) through the champion ensemble in
 
 * ``ranked.csv``: every successfully scored structure, sorted by κ descending: ``rank, id,
   dataset, formula, spacegroup, kappa`` (W/m/K), ``log10_kappa``, ``sigma_log10`` (std over
-  members of log10 κ, decades), ``kappa_lo``/``kappa_hi`` (W/m/K, the ±1σ band),
+  members of log10 κ, decades), ``kappa_lo68``… ``kappa_hi95`` (W/m/K, calibrated intervals),
   ``in_domain``, ``ood_reason``, ``nn_distance``, ``in_training_set`` (same formula + space
   group as a material the model was trained on), ``n_duplicates``, ``source``;
 * ``top_high.csv`` / ``top_low.csv``: the ``screen.top_n`` highest-κ (diamond-like heat

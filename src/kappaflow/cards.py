@@ -82,6 +82,9 @@ class DatasetSpec:
         citation: references to cite.
         sha256: expected sha256 of the raw file (from the mirror's MANIFEST), or ``None``.
         source: upstream/downloader spec.
+        max_rows: prepare only a seeded sample of this many raw rows (``None``: every row).
+            For the smoke experiment (``conf/experiment/smoke.yaml``): it never changes what
+            ``ingest`` copies, only what ``prepare`` validates and every later stage sees.
     """
 
     name: str
@@ -98,10 +101,16 @@ class DatasetSpec:
     citation: str = ""
     sha256: str | None = None
     source: SourceSpec = field(default_factory=SourceSpec)
+    max_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("structure", "composition"):
             raise ValueError(f"dataset {self.name!r}: unknown kind {self.kind!r}")
+        if self.max_rows is not None and (
+            isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int)
+            or self.max_rows < 1
+        ):  # fmt: skip
+            raise ValueError(f"dataset {self.name!r}: max_rows must be a positive integer or null")
         if self.kind == "structure" and not self.cif_col:
             raise ValueError(f"dataset {self.name!r}: structure datasets need columns.cif")
         names = [t.name for t in self.targets]
@@ -160,6 +169,7 @@ def spec_from_cfg(cfg: DictConfig | Mapping[str, Any], name: str | None = None) 
         citation=str(raw.get("citation", "")),
         sha256=raw.get("sha256"),
         source=SourceSpec(kind=src.get("kind", "mirror"), options=src.get("options", {}) or {}),
+        max_rows=raw.get("max_rows"),
     )
 
 

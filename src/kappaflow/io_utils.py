@@ -85,6 +85,55 @@ def write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
     return write_text(path, json.dumps(strict_json(obj), indent=indent) + "\n")
 
 
+def headline_metrics(obj: Any, prefix: str = "") -> dict[str, float | int]:
+    """Flatten a nested mapping of numbers into ``{"a.b.c": number}`` for a DVC ``metrics:`` file.
+
+    DVC shows every leaf of a metrics file as a column of ``dvc exp show`` and a row of
+    ``dvc metrics show``: a headline file holds numbers only. Booleans become 0/1; NaN/inf, None
+    and empty mappings are left out (DVC would print ``-``); anything else (a string, a list)
+    raises, so that text never reaches the metrics surface (it belongs in a plain ``outs:`` file).
+
+    Args:
+        obj: a number or a (nested) mapping of numbers.
+        prefix: key path of ``obj`` itself (``""`` at the top).
+
+    Returns:
+        Flat ``{dotted key: int | float}``, keys in input order.
+
+    Raises:
+        TypeError: a leaf that is not a number.
+    """
+    out: dict[str, float | int] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            out.update(headline_metrics(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if obj is None:
+        return out
+    if isinstance(obj, bool):
+        return {prefix: int(obj)}
+    if isinstance(obj, int):
+        return {prefix: obj}
+    if isinstance(obj, float):
+        return {prefix: obj} if math.isfinite(obj) else out
+    raise TypeError(f"metric {prefix or '<top>'!r} is {type(obj).__name__}, not a number")
+
+
+def write_metrics(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write a headline DVC metrics file: flat numbers only (:func:`headline_metrics`).
+
+    Args:
+        path: the file (a ``metrics:`` entry of dvc.yaml).
+        obj: a (nested) mapping of numbers.
+
+    Returns:
+        The written path.
+    """
+    return write_json(path, headline_metrics(obj))
+
+
 def config_digest(obj: Any, length: int = 12) -> str:
     """Return a short sha256 of a JSON-able object (key order ignored): a cache key for a config."""
     text = json.dumps(strict_json(obj), sort_keys=True, default=str)

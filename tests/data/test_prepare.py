@@ -263,3 +263,34 @@ def test_parse_timeout_in_pool_workers(tmp_path: Path) -> None:
                              chunk_size=2)  # fmt: skip
     assert report.n_input == report.n_valid + report.n_quarantined
     assert report.reasons == {Reason.PARSE_TIMEOUT.value: 1}
+
+
+def test_max_rows_prepares_a_seeded_sample_and_keeps_raw_row_numbers(synthetic, tmp_path):
+    """`datasets.<name>.max_rows` (the smoke experiment): a sample, reported, raw rows kept."""
+    import dataclasses
+
+    from kappaflow.data.prepare import sample_rows
+
+    path, expected = synthetic
+    n = len(expected)
+    spec = dataclasses.replace(SPEC, max_rows=n // 2)
+    report = prepare_dataset(spec, path, tmp_path / "a", OPTS, n_jobs=1, progress=False)
+    prepare_dataset(spec, path, tmp_path / "b", OPTS, n_jobs=1, progress=False)
+    assert report.n_input == n // 2 == report.n_valid + report.n_quarantined
+    picked = sample_rows(n, n // 2)
+    assert len(picked) == n // 2 and (np.diff(picked) > 0).all()
+    q = load_quarantine(tmp_path / "a")
+    assert set(q["row"]) <= set(picked.tolist())  # raw-table row numbers, not sample positions
+    for r, reason in zip(q["row"], q["reason"], strict=True):
+        dup = Reason.DUPLICATE_ID.value  # the first copy of a duplicate may be unsampled
+        if dup not in (reason, expected[int(r)]):
+            assert expected[int(r)] == reason
+    saved = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert saved["n_raw"] == n and saved["max_rows"] == n // 2
+    assert (tmp_path / "a" / "valid.parquet").read_bytes() == (
+        tmp_path / "b" / "valid.parquet"
+    ).read_bytes()  # seeded: the same sample every time
+    assert sample_rows(n, None).tolist() == list(range(n)) == sample_rows(n, n + 1).tolist()
+    full = prepare_dataset(SPEC, path, tmp_path / "c", OPTS, n_jobs=1, progress=False)
+    assert "n_raw" not in json.loads((tmp_path / "c" / "report.json").read_text())
+    assert full.n_input == n

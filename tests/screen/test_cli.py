@@ -43,6 +43,7 @@ def test_predict_prints_kappa_and_sigma_and_reports_bad_files(champion_project, 
     assert f"ERROR {paths[1]}: malformed_cif" in err
     lines = out.splitlines()
     assert lines[0].startswith("file") and "κ (W/m/K)" in lines[0] and "95 % interval" in lines[0]
+    assert lines[0].split()[1:3] == ["formula", "pymatgen"]
     assert "calibrated on 30 out-of-fold predictions" in out
     assert any(line.startswith(paths[0]) and " NaCl " in line for line in lines)
     assert any(line.startswith(paths[2]) and " Si " in line for line in lines)
@@ -59,6 +60,7 @@ def test_predict_json_with_explicit_model_uri(champion_project, capsys):
     assert code == 0 and len(records) == 1
     rec = records[0]
     assert rec["formula"] == "NaCl" and rec["kappa"] > 0 and rec["sigma_log10"] >= 0
+    assert rec["formula_conventional"] == "NaCl"  # beside pymatgen's (TePb -> PbTe)
     assert rec["kappa_lo95"] <= rec["kappa_lo68"] <= rec["kappa"] <= rec["kappa_hi68"]
     assert rec["kappa_hi68"] <= rec["kappa_hi95"] and rec["error"] == ""
 

@@ -58,6 +58,19 @@ def test_screen_accounts_for_every_structure(tiny_project, tmp_path):
     saved = json.loads((out / "summary.json").read_text())
     assert saved["throughput_per_s"] > 0 and saved["model"]["version"] == 1
     assert saved["model_uri"] == "models:/kappaflow-kappa@champion"
+    # readable CSVs: the conventional formula beside pymatgen's, rounded floats, relative paths
+    assert by_id.loc["t-nacl", "formula_conventional"] == "NaCl"
+    assert list(ranked.columns).index("formula_conventional") == 4
+    text = (out / "ranked.csv").read_text()
+    for cell in (v for line in text.splitlines()[1:] for v in line.split(",")):
+        head, dot, digits = cell.partition(".")
+        if dot and head.lstrip("-").isdigit() and digits.isdigit():
+            assert len(digits) <= 6, cell  # no full-precision floats
+    assert all(len(f"{k:.6g}".replace(".", "").lstrip("0")) <= 3 for k in ranked["kappa"])
+    assert (ranked["sigma_log10"].round(3) == ranked["sigma_log10"]).all()
+    sources = ranked.set_index("id")["source"]
+    assert not any(str(v).startswith(str(root)) for v in sources)
+    assert sources["t-nacl"].startswith("data/interim/")
 
 
 def test_champion_json_must_match_the_alias(tiny_project):

@@ -69,7 +69,7 @@ def trial_runs(uri: str, study: str) -> list:
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("kappaflow")
+    exp = client.get_experiment_by_name("kappaflow-sweeps")
     return [
         r
         for r in client.search_runs([exp.experiment_id], f"tags.`optuna.study` = '{study}'")

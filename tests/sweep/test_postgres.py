@@ -113,7 +113,7 @@ def test_two_workers_share_one_study_on_postgres(pg_url, d1_project, monkeypatch
     print(f"trials per worker process: {sorted(per_worker.values())}")
 
     client = mlflow.MlflowClient(mlflow_url)
-    exp = client.get_experiment_by_name(experiment)
+    exp = client.get_experiment_by_name(f"{experiment}-sweeps")  # runs go to <prefix>-sweeps
     runs = client.search_runs([exp.experiment_id], f"tags.`optuna.study` = '{study}'")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from sweep_testkit import LR, quadratic, sweep_overrides, sweep_study, trial_runs
 
 from kappaflow.sweep.objective import ConfigSource
-from kappaflow.sweep.runner import run_sweep
+from kappaflow.sweep.runner import METRIC_NAME, run_sweep
 
 
 def test_resume_tops_the_study_up(tmp_path: Path, mlflow_db: str):
@@ -21,6 +21,7 @@ def test_resume_tops_the_study_up(tmp_path: Path, mlflow_db: str):
     first = run_sweep(ConfigSource(sweep_overrides("resume", 2)), storage=url, objective=quadratic)
     assert first.states == {"COMPLETE": 2}
     trial0 = sweep_study("resume", url).trials[0]
+    assert sweep_study("resume", url).metric_names == [METRIC_NAME]  # not "Objective 0"
     assert trial0.user_attrs["baseline"] and trial0.params[LR] == 0.001  # the config's defaults
     again = run_sweep(ConfigSource(sweep_overrides("resume", 4)), storage=url, objective=quadratic)
     trials = sweep_study("resume", url).trials

@@ -34,14 +34,16 @@ def readme_sweep_lines() -> list[str]:
     """Every ``kappaflow sweep …`` command line of README.md (comments stripped)."""
     text = (project_root() / "README.md").read_text(encoding="utf-8")
     lines = re.findall(r"^\s*(kappaflow sweep(?:[ \t][^#\n]*)?)", text, flags=re.MULTILINE)
-    return [line.strip() for line in lines]
+    lines += re.findall(r"`(kappaflow sweep(?: [^`\n]*)?)`", text)  # inline commands
+    return list(dict.fromkeys(line.strip() for line in lines))
 
 
 def cheap_words(line: str, storage: str, study: str) -> list[str]:
     """The README line's arguments with 1 trial, 1 worker, a test storage and a test study."""
     words = shlex.split(line)[2:]
     keep = [w for w in words if w.partition("=")[0] not in ("n_trials", "workers", "storage")]
-    return [*keep, "n_trials=1", "workers=1", f"storage={storage}", f"study={study}", *CHEAP]
+    cheap = [c for c in CHEAP if c not in keep]
+    return [*keep, "n_trials=1", "workers=1", f"storage={storage}", f"study={study}", *cheap]
 
 
 @pytest.fixture()
@@ -65,7 +67,7 @@ def test_readme_sweep_line_parses_and_composes(line: str):
     overrides, options = parse_args(shlex.split(line)[2:])
     assert options["workers"] >= 1
     for extra in ((), CHEAP):  # as written, and as the cheap run below composes it
-        cfg = ConfigSource(tuple(overrides)).load(extra)
+        cfg = ConfigSource(tuple(overrides)).load([e for e in extra if e not in overrides])
         settings = SweepSettings.from_cfg(cfg)
         assert settings.params and settings.n_trials >= 1
 

@@ -113,6 +113,7 @@ def pipeline(team: Team, real_data_root: Path, tmp_path_factory: pytest.TempPath
 
     from kappaflow.config import load_params
     from kappaflow.layout import project_root
+    from kappaflow.stages.evaluate import evaluate_stage
     from kappaflow.stages.featurize import featurize_stage
     from kappaflow.stages.finetune import finetune_stage
     from kappaflow.stages.ingest import ingest_stage
@@ -133,6 +134,10 @@ def pipeline(team: Team, real_data_root: Path, tmp_path_factory: pytest.TempPath
         cfg.evaluation.trainer = OmegaConf.create({"max_epochs": 2})
         cfg.registry.dataset = "paraisite_d1"
         cfg.registry.exclude_strategies = []  # scratch is the one strategy run here
+        cfg.registry.gate.enforce = False  # 2-epoch scratch loses to the baselines: relaxed
+        cfg.transfer.strategies = {"scratch": cfg.transfer.strategies.scratch}
+        cfg.evaluation.datasets = ["paraisite_d1"]
+        cfg.evaluation.other_targets = []
         t0 = time.perf_counter()
         seconds = {}
         for stage in (ingest_stage, prepare_stage, featurize_stage):
@@ -140,6 +145,8 @@ def pipeline(team: Team, real_data_root: Path, tmp_path_factory: pytest.TempPath
             seconds[stage.__name__] = round(time.perf_counter() - t0, 1)
         cv = finetune_stage(cfg, "scratch", "paraisite_d1")
         seconds["finetune_stage"] = round(time.perf_counter() - t0, 1)
+        evaluate_stage(cfg)  # baselines on the same folds (the gate) + the DVC parity plot data
+        seconds["evaluate_stage"] = round(time.perf_counter() - t0, 1)
         decision = register_stage(cfg)
         seconds["register_stage"] = round(time.perf_counter() - t0, 1)
         kit.record_timing("pipeline_to_server_s", seconds)
@@ -174,16 +181,18 @@ def test_requests_without_valid_credentials_get_401(team: Team) -> None:
 def test_stages_log_to_the_server_with_server_side_artifacts(
     team: Team, pipeline: dict[str, Any], client: Any
 ) -> None:
-    exp = client.get_experiment_by_name(pipeline["cfg"].tracking.experiment)
+    prefix = pipeline["cfg"].tracking.experiment
+    exp = client.get_experiment_by_name(f"{prefix}-transfer")
     assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:/")
     run = client.get_run(pipeline["run_id"])
-    assert run.info.run_name == "finetune/scratch/paraisite_d1"
+    assert run.info.run_name == "finetune·D1·scratch"
     assert run.data.metrics["log10_mae_mean"] == pytest.approx(
         pipeline["cv"]["summary"]["log10_mae_mean"]
     )
     assert run.data.tags["dvc.stage"].startswith("finetune")
-    names = {r.info.run_name for r in client.search_runs([exp.experiment_id], max_results=100)}
-    assert {"ingest/paraisite_d1", "prepare/paraisite_d1", "featurize/paraisite_d1"} <= names
+    data = client.get_experiment_by_name(f"{prefix}-data")
+    names = {r.info.run_name for r in client.search_runs([data.experiment_id], max_results=100)}
+    assert {"ingest·D1", "prepare·D1", "featurize·D1"} <= names
     # artifacts went through the server into --artifacts-destination, not a client path
     stored = team.root / "artifacts" / exp.experiment_id / run.info.run_id / "artifacts"
     assert (stored / "cv.json").is_file() and (stored / "predictions.csv").is_file()
@@ -206,7 +215,7 @@ def test_ui_shows_experiment_run_metrics_and_champion_model(
     team: Team, pipeline: dict[str, Any], client: Any
 ) -> None:
     cfg = pipeline["cfg"]
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    exp = client.get_experiment_by_name(f"{cfg.tracking.experiment}-transfer")
     run_id, model = pipeline["run_id"], str(cfg.registry.model_name)
     t0 = time.perf_counter()
     driver = kit.chromium()
@@ -219,12 +228,12 @@ def test_ui_shows_experiment_run_metrics_and_champion_model(
             "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
         )
         driver.get(f"{team.url}/#/experiments/{exp.experiment_id}/runs")
-        kit.wait_for_texts(driver, [cfg.tracking.experiment, "finetune/scratch/paraisite_d1"])
+        kit.wait_for_texts(driver, [exp.name, "finetune·D1·scratch"])
         _screenshot(driver, "mlflow_runs.png")
 
         driver.get(f"{team.url}/#/experiments/{exp.experiment_id}/runs/{run_id}")
-        body = kit.wait_for_texts(driver, ["finetune/scratch/paraisite_d1", "log10_mae_mean"])
-        assert "spearman_mean" in body and model in body  # metrics + the registered model link
+        body = kit.wait_for_texts(driver, ["finetune·D1·scratch", "log10_mae_mean"])
+        assert "mape_mean" in body  # the headline metrics (the model: its own page below)
         _screenshot(driver, "mlflow_run.png")
 
         driver.get(f"{team.url}/#/models/{model}")
@@ -274,7 +283,7 @@ def test_dvc_parity_plot_renders_offline(pipeline: dict[str, Any], tmp_path: Pat
         assert res.returncode == 0, f"{cmd}: {res.stdout}\n{res.stderr}"
     html = (tmp_path / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in html and "<script src=" not in html
-    assert "scratch/paraisite_d1/predictions.csv" in html
+    assert "plots/transfer/parity_paraisite_d1.csv" in html  # written by the evaluate stage
 
     driver = kit.chromium(offline=True, size=(1000, 700))
     try:

@@ -73,7 +73,13 @@ def test_stage_run_tags_params_artifact_dataset(
     )
     rid_file = tmp_path / "run_id"
     with start_stage_run(
-        _cfg(), "finetune", dvc_stage="finetune@cgcnn", run_id_file=rid_file
+        _cfg(),
+        "finetune",
+        dvc_stage="finetune@cgcnn",
+        run_id_file=rid_file,
+        params=["trainer", "seed"],
+        drop_params=["trainer.note"],
+        extra_params={"n_rows": 2},
     ) as run:
         log_dataset(table, "tiny", context="train", targets="kappa")
         log_params({f"extra.p{i}": i for i in range(150)})  # > one 100-param batch
@@ -86,8 +92,11 @@ def test_stage_run_tags_params_artifact_dataset(
     assert got.data.tags["dvc.stage"] == "finetune@cgcnn"
     assert got.data.tags["kappaflow.stage"] == "finetune"
     assert got.data.params["trainer.seed"] == "3" and got.data.params["extra.p149"] == "149"
-    assert "config/resolved.yaml" in [a.path for a in client.list_artifacts(run_id, "config")]
-    text = Path(client.download_artifacts(run_id, "config/resolved.yaml")).read_text()
+    assert got.data.params["seed"] == "3" and got.data.params["n_rows"] == "2"
+    # only the subtrees the stage reads: no tracking.*, no dropped keys
+    assert not [k for k in got.data.params if k.startswith(("tracking.", "trainer.note"))]
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run_id)]
+    text = Path(client.download_artifacts(run_id, "config.yaml")).read_text()
     assert OmegaConf.create(text).trainer.seed == 3
     (inp,) = got.inputs.dataset_inputs
     digest = file_sha256(table)
@@ -97,7 +106,35 @@ def test_stage_run_tags_params_artifact_dataset(
     # a crashed stage re-run continues the same MLflow run
     with start_stage_run(_cfg(), "finetune", run_id_file=rid_file) as again:
         assert again.info.run_id == run_id
-    assert len(mlflow.search_runs(experiment_names=["test-exp"])) == 1
+    assert len(mlflow.search_runs(experiment_names=["test-exp-transfer"])) == 1
+    exp = client.get_experiment(got.info.experiment_id)
+    assert exp.name == "test-exp-transfer"  # finetune runs go to the transfer experiment
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_experiments_per_purpose_and_run_names(mlflow_db: str, git_project) -> None:
+    from kappaflow.tracking import experiment_name, run_label, setup_experiment
+    from kappaflow.tracking.names import dataset_alias, metric_key
+
+    cfg = _cfg(experiments={"registry": "team-models"})
+    assert experiment_name(cfg, "data") == "test-exp-data"
+    assert experiment_name(cfg, "registry") == "team-models"
+    with pytest.raises(ValueError, match="unknown experiment purpose"):
+        experiment_name(cfg, "misc")
+    # an existing experiment without the kind tag gets it
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    old = client.create_experiment("test-exp-sweeps")
+    assert setup_experiment(cfg, "sweeps") == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    aliases = {"paraisite_d2": "D2"}
+    assert run_label("finetune", dataset_alias("paraisite_d2", aliases), "freeze") == (
+        "finetune·D2·freeze"
+    )
+    assert run_label("prepare", dataset_alias("scan_pool", aliases)) == "prepare·scan_pool"
+    assert metric_key("val/kappa/mae_log10") == "val_log10_mae"
+    assert metric_key("test/e_form/mae", {"e_form": "eV/atom"}) == "test_e_form_mae_eV_per_atom"
+    assert metric_key("val/kappa/mae", {"kappa": "W/m/K"}) == "val_kappa_mae_W_per_mK"
+    assert metric_key("lr/head") == "lr_head" and metric_key("train/loss") == "train_loss"
 
 
 def test_disabled_tracking_yields_none(mlflow_db: str) -> None:
@@ -115,14 +152,19 @@ def test_epoch_curves_and_fit_summary(mlflow_db: str, tmp_path: Path) -> None:
         log_fit_result(res)
     client = mlflow.MlflowClient()
     rid = run.info.run_id
-    for key in ("train/loss", "val/loss", "val/kappa/mae", "val/kappa/mae_log10", "lr/head"):
+    for key in ("train_loss", "val_loss", "val_kappa_mae_W_per_mK", "val_log10_mae", "lr_head"):
         hist = client.get_metric_history(rid, key)
         assert [m.step for m in hist] == [0, 1, 2], key
-    val = [m.value for m in client.get_metric_history(rid, "val/loss")]
+    val = [m.value for m in client.get_metric_history(rid, "val_loss")]
     assert min(val) == pytest.approx(res.best_val_loss)
     data = client.get_run(rid).data
-    assert data.metrics["best/test/kappa/mae"] == pytest.approx(res.test_metrics["test/kappa/mae"])
-    assert data.metrics["epochs_trained"] == 3
+    assert not [k for k in data.metrics if "/" in k]  # slash names make one-bar chart sections
+    assert data.metrics["best_val_loss"] == pytest.approx(res.best_val_loss)
+    assert data.metrics["best_val_log10_mae"] == pytest.approx(
+        res.val_metrics["val/kappa/mae_log10"]
+    )
+    assert not [k for k in data.metrics if k.startswith("best_test")]  # the stage logs test once
+    assert data.tags["epochs_trained"] == "3" and "epochs_trained" not in data.metrics
     arts = [a.path for a in client.list_artifacts(rid, "checkpoints")]
     assert arts == [f"checkpoints/{res.best_ckpt.name}"]
     assert (tmp_path / "mlruns" / rid / "artifacts" / arts[0]).is_file()

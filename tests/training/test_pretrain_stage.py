@@ -57,15 +57,20 @@ def test_ingest_prepare_featurize_pretrain(project):
     # MLflow: params, per-epoch curves, dataset input, git/DVC tags, artifacts
     client = mlflow.MlflowClient()
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    pre = [r for r in runs if r.info.run_name == "pretrain/tiny"]
+    pre = [r for r in runs if r.info.run_name == "pretrain·tiny"]
     assert len(pre) == 1
     run = pre[0]
     assert run.data.params["pretrain.fraction"] == "0.3"
+    assert not [p for p in run.data.params if p.startswith(("datasets.paraisite", "tracking."))]
     assert run.data.tags["dvc.stage"] == "pretrain@tiny"
-    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
-    assert np.isfinite(run.data.metrics["test.heat_ref.mae"])
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
+    assert np.isfinite(run.data.metrics["test_heat_ref_mae_eV"])
+    assert not [k for k in run.data.metrics if "/" in k or "." in k]
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["perov5_val"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"plots", "model", "config"} <= arts
-    prep = [r for r in runs if r.info.run_name == "prepare/perov5_val"]
-    assert prep and prep[0].data.metrics["n_valid"] == report["n_valid"]
+    assert {"plots", "model", "config.yaml"} <= arts
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name.endswith("-pretrain")
+    prep = [r for r in runs if r.info.run_name == "prepare·perov5_val"]
+    assert prep and prep[0].data.params["n_valid"] == str(report["n_valid"])
+    assert "n_valid" not in prep[0].data.metrics

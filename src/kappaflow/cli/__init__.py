@@ -13,17 +13,40 @@ import json
 import sys
 from collections.abc import Sequence
 
+from kappaflow.cli.args import add_command
 from kappaflow.logging_utils import setup_logging
+
+#: What ``kappaflow --help`` says (for users; the module docstring is for developers).
+DESCRIPTION = """\
+kappaflow: lattice thermal conductivity (κ_L, W/m/K) of crystals from the shell.
+
+The pipeline itself runs with DVC (kappaflow repro, or dvc repro; see README.md). These
+commands show its configuration and data, predict κ for your structure files with the
+registered champion model, screen structure folders, run hyperparameter sweeps and serve the
+MLflow UI.
+"""
+
+EPILOG = """\
+examples:
+  kappaflow repro                          dvc repro with a stage k of n / time-left line
+  kappaflow predict PbTe.cif POSCAR_Si     κ with intervals for two structure files
+  kappaflow data report                    rows read / valid / quarantined per dataset
+  kappaflow config dump > params.yaml      recompose params.yaml after editing conf/
+
+Each command explains itself: kappaflow <command> --help
+"""
 
 #: Modules that add their own subcommands: each defines ``add_parser(subparsers) -> None``.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "kappaflow.cli.predict",  # predict, screen
     "kappaflow.cli.sweep",  # sweep
+    "kappaflow.cli.repro",  # repro
     "kappaflow.tracking.server",  # server
 )
 
 
 def _config_dump(args: argparse.Namespace) -> int:
+    """Print the composed config (``params.yaml`` form) to stdout."""
     from kappaflow.config import compose, to_params_yaml
 
     sys.stdout.write(to_params_yaml(compose(args.overrides)))
@@ -46,33 +69,81 @@ def _data_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    print(format_data_report(rows))
+    return 0
+
+
+def format_data_report(rows: Sequence[dict]) -> str:
+    """Table of ``report.json`` records under a header row (counts are rows of the raw table).
+
+    A dataset prepared from a sample (``datasets.<name>.max_rows``, the smoke experiment) shows
+    ``sampled from N`` after its quarantine reasons.
+    """
+    head = ("dataset", "input", "valid", "quarantined", "quarantine reasons")
+    body = []
     for r in rows:
         if "n_input" not in r:
-            print(f"{r['dataset']:<24} {r['status']}")
+            body.append((r["dataset"], "", "", "", r["status"]))
             continue
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(r["reasons"].items())) or "-"
-        print(
-            f"{r['dataset']:<24} in={r['n_input']:>7} valid={r['n_valid']:>7} "
-            f"quarantined={r['n_quarantined']:>6}  {reasons}"
-        )
-    return 0
+        if r.get("n_raw") is not None and r["n_raw"] != r["n_input"]:
+            reasons += f" (sampled from {r['n_raw']:,})"
+        body.append(
+            (r["dataset"], f"{r['n_input']:,}", f"{r['n_valid']:,}", f"{r['n_quarantined']:,}",
+             reasons)
+        )  # fmt: skip
+    widths = [max(len(str(row[i])) for row in [head, *body]) for i in range(4)]
+    lines = []
+    for row in [head, *body]:
+        cells = [row[0].ljust(widths[0])] + [
+            str(c).rjust(w) for c, w in zip(row[1:4], widths[1:], strict=True)
+        ]
+        lines.append("  ".join([*cells, row[4]]).rstrip())
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``kappaflow`` command."""
-    parser = argparse.ArgumentParser(prog="kappaflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="kappaflow",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
-    cfg = sub.add_parser("config", help="configuration tools")
-    cfg_sub = cfg.add_subparsers(dest="action", required=True)
-    dump = cfg_sub.add_parser("dump", help="print the Hydra-composed config (params.yaml)")
+    cfg = add_command(
+        sub,
+        "config",
+        "configuration tools",
+        "Configuration tools. The settings live in conf/ (Hydra config groups); params.yaml,\n"
+        "which dvc repro reads, is their composed default.",
+    )
+    cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="<action>")
+    dump = add_command(
+        cfg_sub,
+        "dump",
+        "print the composed config (params.yaml)",
+        "Print the configuration composed from conf/, with optional Hydra overrides, in the\n"
+        "form of params.yaml.\n\n"
+        "examples:\n"
+        "  kappaflow config dump > params.yaml                      after editing conf/\n"
+        "  kappaflow config dump +experiment=smoke > params.yaml    the minutes-long smoke run",
+    )
     dump.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. transfer=freeze")
     dump.set_defaults(func=_config_dump)
 
-    data = sub.add_parser("data", help="dataset tools")
-    data_sub = data.add_subparsers(dest="action", required=True)
-    report = data_sub.add_parser("report", help="valid/quarantined counts per dataset")
-    report.add_argument("--json", action="store_true", help="print JSON")
+    data = add_command(sub, "data", "dataset tools", "Dataset tools.")
+    data_sub = data.add_subparsers(dest="action", required=True, metavar="<action>")
+    report = add_command(
+        data_sub,
+        "report",
+        "rows read / valid / quarantined per dataset",
+        "For every dataset of params.yaml: the rows read from the raw table, how many passed\n"
+        "validation and how many were quarantined, with the reasons (from the prepare stage's\n"
+        "data/interim/<dataset>/report.json; run dvc repro prepare first).",
+    )
+    report.add_argument("--json", action="store_true", help="print the reports as JSON")
     report.set_defaults(func=_data_report)
 
     import importlib

@@ -14,7 +14,15 @@ MODEL_URI_HELP = "MLflow model URI (default: models:/<name>@champion)"
 
 
 def add_command(subparsers: Any, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
-    """Add the subcommand ``name``; its ``--help`` shows ``doc`` (a module docstring) verbatim."""
+    """Add the subcommand ``name``; its ``--help`` shows ``doc`` verbatim.
+
+    Args:
+        subparsers: the parent parser's ``add_subparsers()`` object.
+        name: the subcommand.
+        help: one line for the parent's command list.
+        doc: the description ``--help`` prints: plain text for users (no reST markup, no
+            implementation notes; ``tests/test_cli_help.py`` checks).
+    """
     return subparsers.add_parser(
         name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )

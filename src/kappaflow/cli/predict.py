@@ -27,21 +27,60 @@ from typing import Any
 
 from kappaflow.cli.args import add_command, add_model_uri
 
+#: What ``kappaflow predict --help`` says.
+PREDICT_DESCRIPTION = """\
+Predict the lattice thermal conductivity κ_L (W/m/K) of crystal structure files (CIF,
+POSCAR/CONTCAR, *.vasp) with the registered champion model, or the model --model-uri names.
+
+For each file it prints κ, its calibrated 68 % and 95 % intervals, σ (how much the ensemble
+members disagree, in decades of κ) and whether the crystal lies in the model's domain (known
+elements, close to a training material). A file that cannot be read or scored prints
+"ERROR <file>: <reason>" on stderr; the other files are still predicted and the exit status
+is 1. Before any use, the model's weights are checked against the digests recorded when it was
+registered; no code stored in the registry runs. A model that did not pass the baseline gate
+(e.g. from the smoke run) is flagged: its numbers mean nothing.
+
+examples:
+  kappaflow predict PbTe.cif POSCAR_Si
+  kappaflow predict --json --model-uri models:/kappaflow-kappa/3 my_structures/*.cif
+"""
+
+#: What ``kappaflow screen --help`` says.
+SCREEN_DESCRIPTION = """\
+Score every prepared structure of the screening pool (all structure datasets, one entry per
+reduced formula + space group), plus the CIF/POSCAR files of --dir folders, with the champion
+model, and write ranked tables to reports/screen/: ranked.csv (all, by κ descending),
+top_high.csv and top_low.csv (the screen.top_n highest- and lowest-κ structures),
+quarantine.csv (structures that could not be scored, with the reason), kappa_vs_sigma.png and
+summary.json. The same as the pipeline's screen stage, with your folders added.
+
+examples:
+  kappaflow screen --dir my_cifs/
+  kappaflow screen --dir my_cifs/ --only-dirs screen.top_n=20
+"""
+
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``predict`` and ``screen`` subcommands to the ``kappaflow`` parser."""
     p = add_command(
-        subparsers, "predict", "κ ± σ of CIF/POSCAR files with the champion model", __doc__
+        subparsers,
+        "predict",
+        "κ with intervals for CIF/POSCAR files (the champion model)",
+        PREDICT_DESCRIPTION,
     )
     p.add_argument("files", nargs="+", help="CIF or POSCAR/CONTCAR/*.vasp files")
     add_model_uri(p)
-    p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON records (full precision) instead of a table"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.set_defaults(func=predict_command)
 
-    s = subparsers.add_parser(
+    s = add_command(
+        subparsers,
         "screen",
-        help="score the screening pool (+ structure directories) with the champion model",
+        "rank the screening pool (+ your structure folders) by predicted κ",
+        SCREEN_DESCRIPTION,
     )
     s.add_argument(
         "--dir", dest="dirs", action="append", default=[], help="a directory of CIF/POSCAR files"
@@ -107,12 +146,17 @@ def _fmt(x: float) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Plain-text table of successful prediction rows."""
+    """Plain-text table of successful prediction rows.
+
+    ``formula`` is the conventional formula (``PbTe``), ``pymatgen`` pymatgen's reduced formula
+    (``TePb``), the key the datasets and the leakage map use.
+    """
     from kappaflow.structure.cif import escape_control
 
     head = (
         "file",
         "formula",
+        "pymatgen",
         "κ (W/m/K)",
         "68 % interval",
         "95 % interval",
@@ -128,6 +172,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         body.append(
             (
                 escape_control(str(r["id"])),
+                r.get("formula_conventional") or r["formula"],
                 r["formula"],
                 _fmt(r["kappa"]),
                 i68,
@@ -148,11 +193,10 @@ def predict_command(args: argparse.Namespace) -> int:
     """Run ``kappaflow predict``; returns the exit code (1 if any file failed)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ["KAPPAFLOW_DEVICE"] = args.device
-    import mlflow
-
-    from kappaflow.registry.predictor import predict_cifs
+    from kappaflow.cli.progress import Spinner
+    from kappaflow.registry.champion import NoChampionError
+    from kappaflow.registry.trust import UntrustedModelError
     from kappaflow.structure.cif import CifError, StructureFileError, escape_control
-    from kappaflow.tracking.runs import quiet_mlflow, tracking_uri
 
     cfg = _load_cfg()
     if args.model_uri:
@@ -162,14 +206,17 @@ def predict_command(args: argparse.Namespace) -> int:
     else:
         print("ERROR: no params.yaml here; pass --model-uri", file=sys.stderr)
         return 2
-    quiet_mlflow()
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    from kappaflow.registry.champion import NoChampionError, load_champion, resolve_model
-    from kappaflow.registry.trust import UntrustedModelError
-
     try:  # only the verified ensemble data is downloaded; no code from the registry runs
-        uri, info = resolve_model(cfg, uri)
-        model = load_champion(uri, args.device, info)
+        with Spinner(f"loading model {uri}"):
+            import mlflow
+
+            from kappaflow.registry.champion import load_champion, resolve_model
+            from kappaflow.tracking.runs import quiet_mlflow, tracking_uri
+
+            quiet_mlflow()
+            mlflow.set_tracking_uri(tracking_uri(cfg))
+            uri, info = resolve_model(cfg, uri)
+            model = load_champion(uri, args.device, info)
     except (UntrustedModelError, NoChampionError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
@@ -180,6 +227,9 @@ def predict_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    warning = ungated_warning(info)
+    if warning:
+        print(warning, file=sys.stderr)
     if info["pinned"] is None:
         print(
             f"note: {uri} (v{info['version']}) is not the version models/champion.json pins; "
@@ -209,9 +259,11 @@ def predict_command(args: argparse.Namespace) -> int:
             failed = True
     rows: list[dict[str, Any]] = []
     if texts:
+        from kappaflow.registry.predictor import predict_cifs
+
         batch = int(os.environ.get("KAPPAFLOW_BATCH_SIZE", "64"))
         result = predict_cifs(model.ensemble, model.domain, texts, ids, batch)
-        rows = result.to_dict(orient="records")
+        rows = [with_conventional(r) for r in result.to_dict(orient="records")]
     good = []
     for r in rows:
         if r["error"]:
@@ -230,6 +282,24 @@ def predict_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def ungated_warning(info: dict[str, Any]) -> str | None:
+    """Return a warning for a model version that did not pass the baseline gate, else None.
+
+    Args:
+        info: what :func:`kappaflow.registry.champion.resolve_model` returned; ``gated`` is the
+            version's tag (``true``, ``false: <why>``, or None for a version without it).
+    """
+    gated = info.get("gated")
+    if gated == "true":
+        return None
+    why = f"gated={gated}" if gated else "no gated tag"
+    return (
+        f"WARNING: {info.get('name')} v{info.get('version')} did not pass the baseline gate "
+        f"({why}): it was not shown to beat the baselines. If it comes from the smoke run "
+        "(+experiment=smoke: a few epochs on a sample), its numbers mean nothing."
+    )
+
+
 def interval_note(calibration: Any) -> str:
     """One line saying what the intervals are (and that σ is not one)."""
     sigma = "σ members = std over ensemble members of log10 κ (disagreement, not an interval)"
@@ -240,6 +310,18 @@ def interval_note(calibration: Any) -> str:
         f"intervals: conformal, calibrated on {calibration.n} out-of-fold predictions "
         f"(68 %: κ ×/÷ {10**q68:.2f}, 95 %: κ ×/÷ {10**q95:.2f}); {sigma}"
     )
+
+
+def with_conventional(row: dict[str, Any]) -> dict[str, Any]:
+    """Return the row with ``formula_conventional`` (``PbTe``) after pymatgen's ``formula``."""
+    from kappaflow.data.validation import conventional_formula
+
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        out[key] = value
+        if key == "formula":
+            out["formula_conventional"] = conventional_formula(str(value or ""))
+    return out
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
@@ -263,4 +345,7 @@ def screen_command(args: argparse.Namespace) -> int:
         )
     )
     print(f"outputs in {cfg.screen.out_dir}/")
+    warning = ungated_warning(summary["model"]) if summary.get("model") else None
+    if warning:
+        print(warning, file=sys.stderr)
     return 0

@@ -24,6 +24,30 @@ from typing import Any
 
 from kappaflow.cli.args import add_command
 
+#: What ``kappaflow sweep --help`` says.
+DESCRIPTION = """\
+Run an Optuna hyperparameter study (TPE sampler, median pruning over inner folds) over a
+search space of conf/sweep/. Each trial is scored by its inner cross-validated log10-MAE on
+sweep.dataset, logged as an MLflow run under the sweep's parent run; the best trial is written
+to conf/experiment/best_<study>.yaml. Re-running the same command continues the study up to
+n_trials.
+
+arguments (key=value words):
+  sweep=<space>   search space conf/sweep/<space>.yaml (default, strategy)
+  n_trials=N      trials the study should have in total
+  study=NAME      study name (default: set by the space, e.g. finetune_d1)
+  storage=URL     sqlite:///file.db, postgresql+psycopg2://user@host:port/db or journal:file
+                  (default: KAPPAFLOW_SWEEP_STORAGE, else sweep.storage)
+  workers=K       worker processes on this machine
+  rank=R          rank of the first worker; give each machine of a team sweep distinct ranks
+  anything else   a Hydra override of the config, e.g. +experiment=smoke
+
+examples:
+  kappaflow sweep n_trials=20 workers=2
+  kappaflow sweep sweep=strategy n_trials=30
+  optuna-dashboard sqlite:///optuna.db        watch it in the browser
+"""
+
 #: Shorthand keys -> where they go (``None``: runtime only, not a config key).
 SHORTHANDS = {
     "n_trials": "sweep.n_trials",
@@ -40,7 +64,7 @@ def add_parser(subparsers: Any) -> None:
         subparsers,
         "sweep",
         "hyperparameter sweep (Optuna TPE + pruning, MLflow run per trial)",
-        __doc__,
+        DESCRIPTION,
     )
     p.add_argument("args", nargs="*", help="sweep=<space> n_trials=N storage=URL ... overrides")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

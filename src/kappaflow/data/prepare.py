@@ -10,10 +10,15 @@ sodium nitride, or ``NA`` stays a string), validates the rows in parallel with
   ``spacegroup = -1``.
 * ``quarantine.csv``: ``row, id, reason, detail``; ``row`` is the 0-based data-row index in the
   raw table (header excluded).
-* ``report.json``: ``{dataset, n_input, n_valid, n_quarantined, reasons, seconds}``.
+* ``report.json``: ``{dataset, n_input, n_valid, n_quarantined, reasons, seconds}`` (+
+  ``n_raw``, ``max_rows`` for a sampled dataset).
 
 Every input row ends up in exactly one of the two tables (checked: ``n_input == n_valid +
 n_quarantined``). A repeated id quarantines the later rows as ``duplicate_id``.
+
+A card with ``max_rows`` (the smoke experiment) is prepared from a seeded sample of that many raw
+rows, kept in raw order (:func:`sample_rows`); ``n_input`` counts the sample, ``n_raw`` the raw
+table, and quarantine ``row`` numbers still index the raw table.
 """
 
 from __future__ import annotations
@@ -70,10 +75,12 @@ class PrepareReport:
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     out_dir: Path = Path()
+    n_raw: int | None = None
+    max_rows: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the ``report.json`` content."""
-        return {
+        """Return the ``report.json`` content (``n_raw``/``max_rows`` only when sampled)."""
+        out: dict[str, Any] = {
             "dataset": self.dataset,
             "n_input": self.n_input,
             "n_valid": self.n_valid,
@@ -81,6 +88,26 @@ class PrepareReport:
             "reasons": dict(self.reasons),
             "seconds": round(self.seconds, 3),
         }
+        if self.max_rows is not None:
+            out |= {"n_raw": self.n_raw, "max_rows": self.max_rows}
+        return out
+
+
+#: Seed of the ``max_rows`` sample (fixed: the sample depends on the card alone).
+SAMPLE_SEED = 0
+
+
+def sample_rows(n_rows: int, max_rows: int | None) -> np.ndarray:
+    """Return the raw-row indices to prepare: all, or a seeded sample of ``max_rows``, sorted.
+
+    Args:
+        n_rows: rows of the raw table.
+        max_rows: sample size (``None``, or not below ``n_rows``: every row).
+    """
+    if max_rows is None or max_rows >= n_rows:
+        return np.arange(n_rows)
+    rng = np.random.default_rng(SAMPLE_SEED)
+    return np.sort(rng.choice(n_rows, size=max_rows, replace=False))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -241,12 +268,18 @@ def prepare_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = read_raw_table(spec, raw_path)
+    n_raw = len(frame)
+    raw_rows = sample_rows(n_raw, spec.max_rows)
+    if len(raw_rows) < n_raw:
+        frame = frame.iloc[raw_rows].reset_index(drop=True)
+        log.info("prepare %s: a seeded sample of %d of %d rows (max_rows)", spec.name,
+                 len(raw_rows), n_raw)  # fmt: skip
     n_input = len(frame)
 
     ids = frame[spec.id_col].str.strip()
     duplicated = (ids != "") & ids.duplicated(keep="first")
     bad: list[_Bad] = []
-    first_row = {rid: i for i, rid in reversed(list(enumerate(ids))) if rid}
+    first_row = {rid: int(raw_rows[i]) for i, rid in reversed(list(enumerate(ids))) if rid}
     for i in np.flatnonzero(duplicated.to_numpy()):
         rid = ids.iat[i]
         bad.append(
@@ -291,6 +324,8 @@ def prepare_dataset(
         )
     counts = Counter(b[2] for b in bad)
     reasons = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    if len(raw_rows) < n_raw:  # quarantine rows index the raw table, not the sample
+        bad = [(int(raw_rows[b[0]]), *b[1:]) for b in bad]
 
     table = _valid_table(spec, good, opts)
     atomic_write(out / VALID_FILE, lambda p: pq.write_table(table, p))
@@ -304,6 +339,8 @@ def prepare_dataset(
         reasons=reasons,
         seconds=time.perf_counter() - t0,
         out_dir=out,
+        n_raw=n_raw,
+        max_rows=spec.max_rows,
     )
     atomic_write(
         out / REPORT_FILE,

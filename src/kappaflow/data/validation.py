@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -292,6 +293,41 @@ def reduced_formula(formula: str | Mapping[str, Any]) -> str:
     if not ok:
         raise ValueError(f"cannot parse formula {formula!r}: {value}")
     return value
+
+
+@lru_cache(maxsize=1 << 16)
+def conventional_formula(formula: str) -> str:
+    """Return a reduced formula in the conventional order chemists write (``TePb`` -> ``PbTe``).
+
+    pymatgen's reduced formula (the project's key for materials, :func:`reduced_formula`)
+    orders elements by electronegativity, which gives ``TePb`` for lead telluride; this is for
+    display only: pymatgen's IUPAC ordering (``Composition.iupac_formula``), amounts of 1
+    dropped (``NaCl``, ``SiO2``, ``CsPbI3``, ``Bi2Te3``, ``Mg2Si``). A formula with pymatgen's
+    polyanion groups (``Na(ClO4)2``) is kept as it is.
+
+    Args:
+        formula: a formula string, e.g. pymatgen's reduced formula.
+
+    Returns:
+        The conventional formula; ``formula`` unchanged if it cannot be parsed or is empty.
+    """
+    from pymatgen.core import Composition
+
+    if not formula.strip() or "(" in formula:  # pymatgen's polyanion groups: Na(ClO4)2
+        return formula
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokens = Composition(formula).reduced_composition.iupac_formula.split()
+    except Exception:  # pymatgen raises several types on garbage; display only
+        return formula
+    parts = []
+    for token in tokens:
+        m = re.fullmatch(r"([A-Z][a-z]*)(.*)", token)
+        if m is None:
+            return formula
+        parts.append(m[1] if m[2] in ("1", "") else token)
+    return "".join(parts)
 
 
 @lru_cache(maxsize=1 << 16)

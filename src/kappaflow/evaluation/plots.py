@@ -347,3 +347,62 @@ def reliability_plot(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Data files of DVC plots (``plots:`` in dvc.yaml): DVC draws and diffs them across experiments
+# --------------------------------------------------------------------------------------------
+
+#: Columns of :func:`parity_data` (κ in W/m/K).
+PARITY_COLUMNS = ("strategy", "id", "kappa_true", "kappa_pred")
+#: Columns of :func:`strategy_comparison_data` (log10-MAE: dimensionless, log10 of W/m/K).
+STRATEGY_COLUMNS = ("strategy", "dataset", "log10_mae_mean", "log10_mae_std")
+
+
+def parity_data(predictions: Mapping[str, pd.DataFrame], path: PathLike) -> Path:
+    """Write one CSV of out-of-fold κ predictions of several strategies (a DVC parity plot).
+
+    One row per prediction: ``strategy, id, kappa_true, kappa_pred`` (W/m/K), rows with a
+    non-positive or non-finite κ left out (log axes). ``.dvc/plots/kappa_parity.json`` colours by
+    ``strategy``, draws y = x and clips the axes to the decades of the true κ.
+
+    Args:
+        predictions: strategy -> its ``predictions.csv`` table (``kappa_true``, ``kappa_pred``;
+            ``id`` optional).
+        path: output CSV.
+
+    Returns:
+        The written path.
+    """
+    frames = []
+    for strategy, table in predictions.items():
+        frame = pd.DataFrame(
+            {
+                "strategy": str(strategy),
+                "id": table["id"].astype(str) if "id" in table else range(len(table)),
+                "kappa_true": pd.to_numeric(table["kappa_true"], errors="coerce"),
+                "kappa_pred": pd.to_numeric(table["kappa_pred"], errors="coerce"),
+            }
+        )
+        ok = np.isfinite(frame[["kappa_true", "kappa_pred"]]).all(axis=1)
+        ok &= (frame["kappa_true"] > 0) & (frame["kappa_pred"] > 0)
+        frames.append(frame[ok])
+    data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    data = data.reindex(columns=list(PARITY_COLUMNS))
+    return atomic_write(Path(path), lambda tmp: data.to_csv(tmp, index=False))
+
+
+def strategy_comparison_data(results: pd.DataFrame, path: PathLike) -> Path:
+    """Write log10-MAE mean/std per strategy × dataset as a CSV (a DVC bar plot).
+
+    Args:
+        results: result rows with ``strategy``, ``train_set`` (or ``dataset``),
+            ``log10_mae_mean`` and ``log10_mae_std`` (baselines ``baseline:<name>`` included).
+        path: output CSV, :data:`STRATEGY_COLUMNS`.
+
+    Returns:
+        The written path.
+    """
+    table = results.rename(columns={"train_set": "dataset"})
+    data = table.reindex(columns=list(STRATEGY_COLUMNS)).dropna(subset=["log10_mae_mean"])
+    return atomic_write(Path(path), lambda tmp: data.to_csv(tmp, index=False))

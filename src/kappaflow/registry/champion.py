@@ -56,7 +56,8 @@ def resolve_model(
 
     Returns:
         ``(uri, info)``; ``info`` holds ``name``, ``version``, ``dataset``, ``strategy``,
-        ``log10_mae``, the version's digest tags, ``pinned`` (champion.json digests or None)
+        ``log10_mae``, ``gated`` (the baseline-gate tag: ``true`` or ``false: <why>``; None
+        when absent), the version's digest tags, ``pinned`` (champion.json digests or None)
         and ``pinned_by`` (its path).
 
     Raises:
@@ -99,7 +100,9 @@ def resolve_model(
         version = client.get_model_version(name, m["version"])
     tags = dict(version.tags)
     info: dict[str, Any] = {"uri": uri, "name": name, "version": int(version.version)}
-    info |= {k: tags.get(k) for k in ("dataset", "strategy", "log10_mae", SHA_TAG, DIR_SHA_TAG)}
+    info |= {
+        k: tags.get(k) for k in ("dataset", "strategy", "log10_mae", "gated", SHA_TAG, DIR_SHA_TAG)
+    }
     info |= {"pinned": None, "pinned_by": None}
     if cfg is None:
         return uri, info

@@ -17,18 +17,29 @@ from omegaconf import DictConfig
 from kappaflow.config import stage_main
 from kappaflow.io_utils import write_json
 from kappaflow.logging_utils import setup_logging
+from kappaflow.tracking.names import dataset_alias, is_count, run_label
 from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset, start_stage_run
 
 log = logging.getLogger(__name__)
 
 
+#: Config subtrees each data stage reads besides its dataset card (logged as params).
+DATA_STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "ingest": ("paths.data_root",),
+    "prepare": ("validation",),
+    "featurize": ("graphs",),
+}
+
+
 def log_data_stage(
     cfg: DictConfig, stage: str, dataset: str, out_dir: Path, summary: Mapping[str, Any]
 ) -> None:
-    """Log one data-stage run: numeric summary values as metrics, reports as artifacts.
+    """Log one data-stage run: counts as params, other numbers as metrics, reports as artifacts.
 
-    ``prepare`` also records the prepared table as the run's dataset input (sha256 digest) and
-    the quarantine file (every rejected row with its reason) as an artifact.
+    The run (``prepare·AGL``) records the dataset card and the config the stage reads
+    (:data:`DATA_STAGE_PARAMS`) as params. ``prepare`` also records the prepared table as the
+    run's dataset input (sha256 digest) and the quarantine file (every rejected row with its
+    reason) as an artifact.
 
     Args:
         cfg: full config (its ``tracking`` node configures MLflow; disabled → nothing logged).
@@ -36,29 +47,38 @@ def log_data_stage(
         dataset: dataset card name.
         out_dir: the stage's output directory.
         summary: the stage's report (``n_input``, ``n_valid``, ``reasons``... or cache summary);
-            numbers become metrics, strings (e.g. the ingested file's sha256) tags.
+            counts (``n_*``, quarantine ``reasons`` as ``quarantined_<reason>``) become params,
+            other numbers metrics (e.g. ``seconds``), strings (e.g. the ingested file's sha256)
+            tags.
     """
+    counts: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {"dataset": dataset}
+    for key, value in summary.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            if is_count(key) or isinstance(value, int):
+                counts[key] = value
+            else:
+                metrics[key] = float(value)
+        elif key == "reasons" and isinstance(value, Mapping):
+            counts.update({f"quarantined_{k}": v for k, v in value.items()})
+        elif isinstance(value, str):
+            tags[f"{stage}.{key}"] = value[:5000]
     with start_stage_run(
         cfg,
         stage,
-        run_name=f"{stage}/{dataset}",
+        run_name=run_label(stage, dataset_alias(dataset, cfg.tracking.get("aliases"))),
         dvc_stage=f"{stage}@{dataset}",
-        tags={"dataset": dataset},
+        tags=tags,
+        params=[f"datasets.{dataset}", *DATA_STAGE_PARAMS.get(stage, ())],
+        extra_params=counts,
     ) as run:
         if run is None:
             return
         import mlflow
 
-        metrics: dict[str, float] = {}
-        for key, value in summary.items():
-            if isinstance(value, bool):
-                continue
-            if isinstance(value, int | float):
-                metrics[key] = float(value)
-            elif key == "reasons" and isinstance(value, Mapping):
-                metrics.update({f"quarantined/{k}": float(v) for k, v in value.items()})
-            elif isinstance(value, str):
-                mlflow.set_tag(f"{stage}.{key}", value[:5000])
         if metrics:
             mlflow.log_metrics(metrics)
         if stage == "prepare":

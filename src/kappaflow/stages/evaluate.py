@@ -7,8 +7,12 @@ through the very same repeated grouped k-fold, and writes:
 * ``reports/transfer.md``: rows = strategy × training set, columns = test set (the held-out folds
   of the same set), MAPE % and log10-MAE mean ± std; ParAIsite's published numbers quoted beside,
   flagged as not comparable (in-sample, not grouped CV);
-* ``metrics/transfer.json``: every number of the table (``dvc metrics show``);
-* ``plots/transfer/``: strategy comparison (log10-MAE) and out-of-fold parity plots;
+* ``metrics/transfer.json``: every number of the table (a plain DVC out; ``register`` reads it);
+* ``metrics/headline/transfer.json``: log10-MAE mean/std per strategy × dataset and the best
+  baseline's (the DVC metrics, :func:`transfer_headline`);
+* ``plots/transfer/``: strategy comparison (log10-MAE; ``strategy_log10_mae.csv``, a DVC plot that
+  diffs across experiments), out-of-fold parity plots (``parity_<dataset>.csv``: κ true/predicted,
+  W/m/K, one row per prediction and strategy, DVC's ``kappa_parity`` template) and PNGs;
 * ``models/baselines/<baseline>/<dataset>/``: the baselines' ``cv.json`` (per-fold metrics) and
   ``predictions.csv``, in the ``finetune`` stage's format, so that every claim of improvement
   (the report's, the ``register`` gate's) is a paired difference on the same folds
@@ -30,7 +34,13 @@ from kappaflow.evaluation.calibration import (
     reliability_curve,
 )
 from kappaflow.evaluation.paired import PairedComparison, paired_comparison
-from kappaflow.evaluation.plots import parity_plot, reliability_plot, strategy_comparison_plot
+from kappaflow.evaluation.plots import (
+    parity_data,
+    parity_plot,
+    reliability_plot,
+    strategy_comparison_data,
+    strategy_comparison_plot,
+)
 from kappaflow.evaluation.protocol import (
     cross_validate,
     dataset_evaluation,
@@ -39,12 +49,16 @@ from kappaflow.evaluation.protocol import (
     protocol_settings,
 )
 from kappaflow.evaluation.report import published_table, transfer_table, write_report
-from kappaflow.io_utils import write_json
+from kappaflow.io_utils import write_json, write_metrics
 from kappaflow.layout import baseline_dir, kappa_table, project_root
 from kappaflow.stages.common import finish_study
 from kappaflow.tracking import start_stage_run
+from kappaflow.tracking.names import dataset_alias, finite_metrics
 
 log = logging.getLogger(__name__)
+
+#: The per strategy × dataset numbers the ``evaluate`` run logs (:func:`headline_mlflow_metrics`).
+HEADLINE_KEYS = ("log10_mae_mean", "log10_mae_std", "mape_mean", "spearman_mean")
 
 
 def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
@@ -108,6 +122,12 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
                 title=f"{strategy} on {dataset} (out-of-fold)",
             )
     results = pd.DataFrame(rows)
+    for dataset in ev.datasets:
+        parity_data(
+            {s: p for (s, d), p in oof.items() if d == dataset and not s.startswith("baseline:")},
+            plots / f"parity_{dataset}.csv",
+        )
+    strategy_comparison_data(results, plots / "strategy_log10_mae.csv")
     strategy_comparison_plot(
         results.rename(columns={"train_set": "dataset"}),
         plots / "strategy_comparison.png",
@@ -164,7 +184,17 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
             level = round(100 * c["nominal"])
             metrics[f"{strategy}/{dataset}"][f"coverage{level}"] = float(c["coverage"])
             metrics[f"{strategy}/{dataset}"][f"interval{level}_factor"] = float(c["factor"])
-    with start_stage_run(cfg, "evaluate", run_name="evaluate", dvc_stage="evaluate") as run:
+    write_metrics(
+        root / cfg.paths.metrics_dir / "headline" / "transfer.json", transfer_headline(rows)
+    )
+    with start_stage_run(
+        cfg,
+        "evaluate",
+        run_name="evaluate",
+        dvc_stage="evaluate",
+        params=["evaluation", "transfer.strategies", "seed"],
+        drop_params=["evaluation.published", "evaluation.extrapolation", "evaluation.domain"],
+    ) as run:
         report = finish_study(
             run,
             write_report(root / str(ev.report), *sections, title="kappaflow transfer report"),
@@ -172,9 +202,57 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
             metrics,
             sorted(plots.glob("*.png")),
             "report",
+            mlflow_metrics=[(headline_mlflow_metrics(rows, cfg.tracking.get("aliases")), None)],
         )
     log.info("evaluate: %d result rows, report %s", len(rows), report)
     return metrics
+
+
+def transfer_headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the DVC metrics of ``evaluate``: log10-MAE (log10 W/m/K) per model × set.
+
+    Args:
+        rows: result rows (``strategy``, ``train_set``, ``log10_mae_mean``, ``log10_mae_std``...);
+            baselines are named ``baseline:<name>``.
+
+    Returns:
+        ``{strategy: {dataset: {log10_mae_mean, log10_mae_std}}}`` for every transfer strategy and
+        ``{"best_baseline": {dataset: log10_mae_mean}}`` (the lowest baseline mean of the set).
+    """
+    out: dict[str, Any] = {}
+    best: dict[str, float] = {}
+    for r in rows:
+        strategy, dataset = str(r["strategy"]), str(r["train_set"])
+        mean, std = r.get("log10_mae_mean"), r.get("log10_mae_std")
+        if strategy.startswith("baseline:"):
+            if mean is not None and mean == mean and mean < best.get(dataset, float("inf")):
+                best[dataset] = float(mean)
+            continue
+        out.setdefault(strategy, {})[dataset] = {"log10_mae_mean": mean, "log10_mae_std": std}
+    out["best_baseline"] = best
+    return out
+
+
+def headline_mlflow_metrics(rows: list[dict[str, Any]], aliases: Any = None) -> dict[str, float]:
+    """Name the ``evaluate`` run's metrics: each strategy × dataset headline, one flat name.
+
+    Names ``<dataset alias>_<strategy>_<metric>`` (baselines ``baseline_<name>``), e.g.
+    ``D1_finetune_log10_mae_mean`` (log10 W/m/K, dimensionless), ``D1_finetune_mape_mean`` (%),
+    ``D1_finetune_spearman_mean``, so MLflow's chart and compare views plot them side by side.
+
+    Args:
+        rows: result rows (``strategy``, ``train_set``, ``<metric>_mean``/``_std``).
+        aliases: ``tracking.aliases`` (short dataset names).
+
+    Returns:
+        Finite values of :data:`HEADLINE_KEYS` only.
+    """
+    out: dict[str, float] = {}
+    for r in rows:
+        strategy = str(r["strategy"]).replace("baseline:", "baseline_")
+        prefix = f"{dataset_alias(str(r['train_set']), aliases)}_{strategy}_"
+        out.update(finite_metrics({k: r[k] for k in HEADLINE_KEYS if k in r}, prefix=prefix))
+    return out
 
 
 def _calibration(

@@ -9,7 +9,8 @@ every compound; :func:`~kappaflow.evaluation.extrapolation.extrapolation_metrics
 held-out high-κ compounds (κ >= threshold) come out: recall@k among all compounds and Spearman ρ
 within them. Rows of held-out materials below the threshold are neither trained on nor scored.
 
-Outputs: ``reports/extrapolation.md``, ``metrics/extrapolation.json`` and
+Outputs: ``reports/extrapolation.md``, ``metrics/extrapolation.json`` (full record), the DVC
+metrics ``metrics/headline/extrapolation.json`` (held-out Spearman ρ, first recall@k) and
 ``plots/extrapolation/rank_<dataset>.png`` (predicted vs true κ, held-out rows highlighted).
 """
 
@@ -28,9 +29,11 @@ from kappaflow.evaluation.extrapolation import extrapolation_metrics, extrapolat
 from kappaflow.evaluation.plots import extrapolation_plot
 from kappaflow.evaluation.protocol import dataset_evaluation, magpie_rf_fit_predict
 from kappaflow.evaluation.report import write_report
+from kappaflow.io_utils import write_metrics
 from kappaflow.layout import kappa_table, project_root
 from kappaflow.stages.common import finish_study
 from kappaflow.tracking import start_stage_run
+from kappaflow.tracking.names import dataset_alias, is_count
 from kappaflow.transfer.fit_predict import build_fit_predict, fold_cache_dir, with_strategy
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,10 @@ def extrapolate_stage(cfg: DictConfig) -> dict[str, Any]:
         "|---|---|---|---|" + "---|" * len(k_values) + "---|---|",
     ]
     stage = "extrapolate"
-    with start_stage_run(cfg, stage, run_name=stage, dvc_stage=stage) as run:
+    aliases = cfg.tracking.get("aliases")
+    with start_stage_run(
+        cfg, stage, run_name=stage, dvc_stage=stage, params=["evaluation.extrapolation", "seed"]
+    ) as run:
         for dataset in xc.datasets:
             table, _ = kappa_table(cfg, dataset)
             kappa = table["kappa"].to_numpy(dtype=np.float64)
@@ -113,6 +119,16 @@ def extrapolate_stage(cfg: DictConfig) -> dict[str, Any]:
             "\n".join(lines),
             title="Extrapolation to high κ (Ju et al. 2021 protocol)",
         )
+        write_metrics(
+            root / cfg.paths.metrics_dir / "headline" / "extrapolation.json",
+            {
+                key: {
+                    "spearman_heldout": m.get("spearman_heldout"),
+                    f"recall@{k_values[0]}": m.get(f"recall@{k_values[0]}"),
+                }
+                for key, m in results.items()
+            },
+        )
         finish_study(
             run,
             report,
@@ -123,9 +139,9 @@ def extrapolate_stage(cfg: DictConfig) -> dict[str, Any]:
             mlflow_metrics=(
                 (
                     {
-                        f"{key.replace('/', '.')}.{name.replace('@', '_at_')}": float(v)
+                        f"{_metric_prefix(key, aliases)}_{name.replace('@', '_at_')}": float(v)
                         for name, v in m.items()
-                        if np.isfinite(v)
+                        if np.isfinite(v) and not is_count(name)
                     },
                     None,
                 )
@@ -133,6 +149,12 @@ def extrapolate_stage(cfg: DictConfig) -> dict[str, Any]:
             ),
         )
     return results
+
+
+def _metric_prefix(key: str, aliases: Any) -> str:
+    """``<method>/<dataset>`` → ``<dataset alias>_<method>`` (MLflow names have no slashes)."""
+    method, dataset = key.split("/", 1)
+    return f"{dataset_alias(dataset, aliases)}_{method}"
 
 
 def main() -> None:

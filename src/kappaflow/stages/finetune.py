@@ -16,17 +16,20 @@ held-out error being exactly this stage's CV error). A crashed stage resumes fro
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from kappaflow.config import flatten
 from kappaflow.evaluation.protocol import cross_validate, dataset_evaluation, protocol_settings
 from kappaflow.io_utils import write_json
 from kappaflow.layout import interim_dir, kappa_table, project_root
 from kappaflow.tracking import start_stage_run
-from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset
+from kappaflow.tracking.names import dataset_alias, finite_metrics, is_count, run_label
+from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset, log_params
 from kappaflow.transfer.fit_predict import (
     build_fit_predict,
     fold_cache_dir,
@@ -36,6 +39,9 @@ from kappaflow.transfer.fit_predict import (
 from kappaflow.transfer.strategies import stage_plan
 
 log = logging.getLogger(__name__)
+
+#: Protocol keys of ``evaluation`` (after ``per_dataset``) logged as the run's params.
+PROTOCOL_KEYS = ("n_splits", "n_repeats", "val_fraction", "seed", "group_level", "max_folds")
 
 
 def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, Any]:
@@ -61,13 +67,25 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
         return skipped
     table, _ = kappa_table(cfg, dataset)
     prepared = interim_dir(cfg, dataset) / "valid.parquet"
+    protocol = dataset_evaluation(cfg.evaluation, dataset)
+    alias = dataset_alias(dataset, cfg.tracking.get("aliases"))
     with start_stage_run(
         cfg,
         "finetune",
-        run_name=f"finetune/{strategy}/{dataset}",
+        run_name=run_label("finetune", alias, strategy),
         dvc_stage=f"finetune@{strategy}-{dataset}",
         run_id_file=work / "mlflow_run_id",
-        tags={"strategy": strategy, "dataset": dataset},
+        tags={"strategy": strategy, "dataset": dataset, "dataset_alias": alias},
+        params=[f"transfer.strategies.{strategy}", f"models.{s_cfg.model}", "trainer", "seed"],
+        extra_params={
+            **{
+                f"evaluation.{k}": v
+                for k, v in flatten(protocol).items()
+                if k in PROTOCOL_KEYS or k.startswith("trainer.")
+            },
+            "n_rows": len(table),
+        },
+        system_metrics=True,
     ) as active:
         if active is not None:
             log_dataset(
@@ -78,12 +96,12 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
                 source=str(prepared),
                 targets="kappa",
             )
-        fit_predict = build_fit_predict(cfg, strategy, dataset, table, work, out / "folds")
+        fit_predict = build_fit_predict(
+            cfg, strategy, dataset, table, work, out / "folds", log_curves=active is not None
+        )
+        folds = FoldRuns(fit_predict, alias, strategy) if active is not None else None
         result = cross_validate(
-            table,
-            fit_predict,
-            **protocol_settings(dataset_evaluation(cfg.evaluation, dataset)),
-            progress=True,
+            table, folds or fit_predict, **protocol_settings(protocol), progress=True
         )
         summary = {"strategy": strategy, "dataset": dataset, **result.to_dict()}
         if active is not None:
@@ -91,7 +109,7 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
         write_json(out / "cv.json", summary)
         result.predictions.to_csv(out / "predictions.csv", index=False)
         if active is not None:
-            _log_folds(result)
+            _log_folds(result, folds)
             log_artifact(out / "cv.json")
             log_artifact(out / "predictions.csv")
     log.info(
@@ -103,27 +121,56 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
     return summary
 
 
-def _log_folds(result: Any) -> None:
-    """Mean ± std as parent metrics, one nested child run per fold."""
-    import mlflow
+class FoldRuns:
+    """A ``fit_predict`` that trains each fold inside a child run of the active strategy run.
 
-    mlflow.log_metrics(
-        {
-            k: float(v)
-            for k, v in result.summary.items()
-            if isinstance(v, int | float) and np.isfinite(v)
-        }
-    )
-    for f in result.folds:
-        with mlflow.start_run(run_name=f"repeat{f['repeat']}-fold{f['fold']}", nested=True):
-            mlflow.log_params({k: f[k] for k in ("repeat", "fold", "n_train", "n_val", "n_test")})
-            mlflow.log_metrics(
-                {
-                    k: float(v)
-                    for k, v in f["metrics"].items()
-                    if isinstance(v, int | float) and np.isfinite(v)
-                }
-            )
+    The child run (``fold·D2·freeze·3``, later renamed ``…·r0f3``) receives the fold model's
+    learning curves while it trains; :func:`_log_folds` adds its test metrics afterwards.
+
+    Args:
+        fit_predict: the strategy's per-fold callback.
+        alias: short dataset name.
+        strategy: strategy name.
+    """
+
+    def __init__(self, fit_predict: Any, alias: str, strategy: str) -> None:
+        self.fit_predict = fit_predict
+        self.alias, self.strategy = alias, strategy
+        self.run_ids: list[str] = []
+
+    def __call__(self, train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> Any:
+        """Open the fold's child run, train and predict in it."""
+        import mlflow
+
+        k = len(self.run_ids)
+        name = run_label("fold", self.alias, self.strategy, k)
+        with mlflow.start_run(run_name=name, nested=True, tags={"fold_index": str(k)}) as run:
+            self.run_ids.append(run.info.run_id)
+            return self.fit_predict(train_idx, val_idx, test_idx)
+
+
+def _log_folds(result: Any, folds: FoldRuns | None) -> None:
+    """Mean ± std on the strategy run (counts as params); test metrics on each fold's run."""
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    mlflow.log_metrics(finite_metrics(result.summary))
+    log_params({k: v for k, v in result.summary.items() if is_count(k)})
+    client = mlflow.MlflowClient()
+    for i, f in enumerate(result.folds):
+        if folds is None or i >= len(folds.run_ids):
+            break
+        run_id = folds.run_ids[i]
+        name = run_label("fold", folds.alias, folds.strategy, f"r{f['repeat']}f{f['fold']}")
+        client.update_run(run_id, name=name)
+        client.log_batch(
+            run_id,
+            params=[Param(k, str(f[k])) for k in ("repeat", "fold", "n_train", "n_val", "n_test")],
+            metrics=[
+                Metric(k, v, int(time.time() * 1000), 0)
+                for k, v in finite_metrics(f["metrics"], prefix="test_").items()
+            ],
+        )
 
 
 def main() -> None:

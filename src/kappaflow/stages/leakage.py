@@ -11,7 +11,7 @@ import logging
 from omegaconf import DictConfig
 
 from kappaflow.data.leakage import leakage_map, overlap_summary
-from kappaflow.io_utils import write_json
+from kappaflow.io_utils import write_json, write_metrics
 from kappaflow.layout import interim_dir, load_prepared, project_root
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,31 @@ def leakage_stage(cfg: DictConfig) -> dict:
         summary[level] = pairs
         log.info("leakage (%s): %d rows shared across datasets", level, len(table))
     write_json(out / "summary.json", summary, indent=1)
+    write_metrics(
+        project_root() / cfg.paths.metrics_dir / "headline" / "leakage.json",
+        leakage_headline(summary),
+    )
     return summary
+
+
+def leakage_headline(summary: dict[str, dict]) -> dict[str, dict[str, int]]:
+    """Return the DVC metrics of ``leakage``: per match level, how much is shared at all.
+
+    Args:
+        summary: ``{level: {"a|b": {"shared_formulas": n, ...}}}`` (``summary.json``).
+
+    Returns:
+        ``{level: {"overlapping_pairs": pairs sharing >= 1 material, "shared_formulas": sum over
+        pairs}}``: numbers only; the per-pair detail stays in ``summary.json`` (a plain out).
+    """
+    out: dict[str, dict[str, int]] = {}
+    for level, pairs in summary.items():
+        shared = [int(p.get("shared_formulas", 0) or 0) for p in pairs.values()]
+        out[level] = {
+            "overlapping_pairs": sum(1 for n in shared if n > 0),
+            "shared_formulas": sum(shared),
+        }
+    return out
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ Outputs (paths relative to the project root)::
 
     models/pretrain/<run>.pt            exported model (weights + target transform + card)
     data/splits/pretrain_<run>.csv      id, role (train / val / test / unused / excluded)
-    metrics/pretrain_<run>.json         test metrics, baseline, published, timing (DVC metrics)
+    metrics/pretrain_<run>.json         test metrics, baseline, published, timing (full record)
+    metrics/headline/pretrain_<run>.json  test MAE per target, epochs, s/epoch (DVC metrics)
     plots/pretrain/<run>/               history.csv (DVC plot), learning curve + parity PNGs
 """
 
@@ -27,13 +28,12 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from kappaflow.config import flatten
 from kappaflow.data.leakage import exclude_overlapping, material_keys
 from kappaflow.data.splits import train_val_test_split
 from kappaflow.evaluation.baselines import MeanPredictor
 from kappaflow.evaluation.metrics import basic_metrics, regression_metrics
 from kappaflow.evaluation.plots import learning_curve_plot, parity_plot
-from kappaflow.io_utils import RESULT_CODE, content_key, write_json
+from kappaflow.io_utils import RESULT_CODE, content_key, write_json, write_metrics
 from kappaflow.layout import (
     dataset_spec,
     graph_cache_path,
@@ -43,6 +43,7 @@ from kappaflow.layout import (
 )
 from kappaflow.models import build_model
 from kappaflow.tracking import log_dataset, start_stage_run
+from kappaflow.tracking.names import is_count, run_label, unit_suffix
 from kappaflow.tracking.runs import file_sha256, log_artifact
 from kappaflow.training.callbacks import EpochHistory, read_history
 from kappaflow.training.datamodule import GraphDataModule
@@ -180,6 +181,23 @@ def excluded_material_ids(
     return set(excluded["id"].astype(str))
 
 
+def pretrain_headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Return the DVC metrics of a pretraining run: numbers to compare across experiments.
+
+    Args:
+        metrics: the run's full record (``metrics/pretrain_<run>.json``).
+
+    Returns:
+        ``test_mae.<target>`` (test split, the target's raw unit: eV/atom, eV, log10 SPS...),
+        ``epochs`` and ``seconds_per_epoch`` (s, median over epochs).
+    """
+    return {
+        "test_mae": {t: m.get("mae") for t, m in (metrics.get("test") or {}).items()},
+        "epochs": metrics.get("epochs_trained"),
+        "seconds_per_epoch": metrics.get("seconds_per_epoch"),
+    }
+
+
 def evaluate_split(
     model: Any,
     transform: Any,
@@ -250,12 +268,18 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
     transform = TargetTransform.fit(dm.train_targets(), [transforms[t] for t in targets], targets)
     module = KappaLightningModule.from_cfg(model, transform, tcfg)
 
+    units = {t: spec.target(t).unit for t in targets}
     with start_stage_run(
         cfg,
         "pretrain",
-        run_name=f"pretrain/{run}",
+        run_name=run_label("pretrain", run),
         dvc_stage=f"pretrain@{run}",
         run_id_file=work / "mlflow_run_id",
+        tags={"model": str(spec_run.model), "dataset": spec.name},
+        params=["pretrain", f"models.{spec_run.model}", "trainer", f"datasets.{spec.name}", "seed"],
+        drop_params=[f"pretrain.runs.{r}." for r in cfg.pretrain.runs if r != run],
+        extra_params={f"n_{k}": v for k, v in counts.items()},
+        system_metrics=True,
     ) as active:
         if active is not None:
             log_dataset(
@@ -268,7 +292,7 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
             )
         callbacks: list[L.Callback] = [EpochHistory(work / "history.csv")]
         if active is not None:
-            callbacks.append(MlflowEpochLogger())
+            callbacks.append(MlflowEpochLogger(units=units))
         t_fit = time.perf_counter()
         result = fit(tcfg, module, dm, work / "lightning", callbacks=callbacks)
         fit_seconds = time.perf_counter() - t_fit
@@ -322,8 +346,12 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
             "wall_seconds": time.perf_counter() - t_start,
         }
         write_json(out_metrics, metrics)
+        write_metrics(
+            root / cfg.paths.metrics_dir / "headline" / f"pretrain_{run}.json",
+            pretrain_headline(metrics),
+        )
         if active is not None:
-            _log_run(cfg, result, metrics, (out_metrics, out_splits, out_plots, out_model))
+            _log_run(cfg, result, metrics, (out_metrics, out_splits, out_plots, out_model), units)
     log.info("pretrain %s: test %s | mean baseline %s", run, test_metrics, baseline)
     return metrics
 
@@ -390,17 +418,50 @@ def _write_plots(
         )
 
 
-def _log_run(cfg: DictConfig, result: Any, metrics: dict[str, Any], files: tuple) -> None:
+def split_metric_names(
+    prefix: str, scores: dict[str, dict[str, Any]], units: dict[str, str | None]
+) -> dict[str, float]:
+    """Flatten per-target scores to MLflow metrics (``test_e_form_mae_eV_per_atom``).
+
+    Args:
+        prefix: e.g. ``test`` or ``baseline_mean_test``.
+        scores: target → metric → value (:func:`evaluate_split`).
+        units: target → unit (MAE / RMSE carry it in the name; log10 errors, R², ρ, MAPE % are
+            unitless or say their unit already).
+
+    Returns:
+        Finite values only; counts (``n``) left out (they are params).
+    """
+    out: dict[str, float] = {}
+    for target, values in scores.items():
+        for k, v in values.items():
+            if is_count(k) or isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            if not np.isfinite(v):
+                continue
+            suffix = unit_suffix(units.get(target)) if k in ("mae", "rmse") else ""
+            if k == "mape":
+                suffix = "pct"
+            out["_".join(p for p in (prefix, target, k, suffix) if p)] = float(v)
+    return out
+
+
+def _log_run(
+    cfg: DictConfig,
+    result: Any,
+    metrics: dict[str, Any],
+    files: tuple,
+    units: dict[str, str | None],
+) -> None:
     """Log the fit, test/baseline metrics and the run's files to the active MLflow run."""
     import mlflow
 
     out_metrics, out_splits, out_plots, out_model = files
-    log_fit_result(result, log_checkpoint=bool(cfg.tracking.log_checkpoints))
-    scores = {"test": metrics["test"], "baseline_mean": metrics["baseline_mean"]}
-    flat = {
-        k: v for k, v in flatten(scores).items() if isinstance(v, int | float) and np.isfinite(v)
-    }
-    mlflow.log_metrics(flat)
+    log_fit_result(result, log_checkpoint=bool(cfg.tracking.log_checkpoints), units=units)
+    mlflow.log_metrics(
+        split_metric_names("test", metrics["test"], units)
+        | split_metric_names("baseline_mean_test", metrics["baseline_mean"], units)
+    )
     if metrics["seconds_per_epoch"] is not None:
         mlflow.log_metric("seconds_per_epoch", metrics["seconds_per_epoch"])
     for f in (out_metrics, out_splits, *sorted(out_plots.glob("*"))):

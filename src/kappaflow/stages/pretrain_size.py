@@ -10,7 +10,8 @@ the ``scratch`` recipe: same architecture and trainer, random weights. Every poi
 the same repeated grouped k-fold as the transfer table (so the 100 % point is the ``finetune``
 row of that table, reused from the fold cache when the settings agree).
 
-Outputs: ``reports/pretrain_size.md``, ``metrics/pretrain_size.json``,
+Outputs: ``reports/pretrain_size.md``, ``metrics/pretrain_size.json`` (full record), the DVC
+metrics ``metrics/headline/pretrain_size.json`` (log10-MAE mean per dataset/fraction),
 ``plots/pretrain_size/pretrain_size.png`` (log10-MAE ± std vs fraction, one line per dataset).
 """
 
@@ -24,9 +25,11 @@ from omegaconf import DictConfig
 from kappaflow.evaluation.plots import size_study_plot
 from kappaflow.evaluation.protocol import cross_validate, dataset_evaluation, protocol_settings
 from kappaflow.evaluation.report import write_report
+from kappaflow.io_utils import write_metrics
 from kappaflow.layout import kappa_table, project_root
 from kappaflow.stages.common import finish_study
 from kappaflow.tracking import start_stage_run
+from kappaflow.tracking.names import dataset_alias
 from kappaflow.transfer.fit_predict import build_fit_predict, fold_cache_dir, with_strategy
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,14 @@ def pretrain_size_stage(cfg: DictConfig) -> dict[str, Any]:
         "|---|" + "---|" * len(points),
     ]
     stage = "pretrain_size"
-    with start_stage_run(cfg, stage, run_name=stage, dvc_stage=stage) as run:
+    aliases = cfg.tracking.get("aliases")
+    with start_stage_run(
+        cfg,
+        stage,
+        run_name=stage,
+        dvc_stage=stage,
+        params=["evaluation.pretrain_size", f"transfer.strategies.{strategy}", "seed"],
+    ) as run:
         means: dict[str, list[float]] = {}
         stds: dict[str, list[float]] = {}
         for dataset in sc.datasets:
@@ -119,6 +129,10 @@ def pretrain_size_stage(cfg: DictConfig) -> dict[str, Any]:
             "\n".join(lines),
             title="Pretraining-set size study (TL-CGCNN)",
         )
+        write_metrics(
+            root / cfg.paths.metrics_dir / "headline" / "pretrain_size.json",
+            {key: {"log10_mae_mean": r.get("log10_mae_mean")} for key, r in results.items()},
+        )
         finish_study(
             run,
             report,
@@ -128,7 +142,11 @@ def pretrain_size_stage(cfg: DictConfig) -> dict[str, Any]:
             stage,
             mlflow_metrics=(
                 (
-                    {f"{key.split('/')[0]}.log10_mae": r["log10_mae_mean"]},
+                    {
+                        f"{dataset_alias(key.split('/')[0], aliases)}_log10_mae_mean": r[
+                            "log10_mae_mean"
+                        ]
+                    },
                     int(round(100 * r["fraction"])),
                 )
                 for key, r in results.items()

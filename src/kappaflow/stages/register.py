@@ -18,7 +18,8 @@
 4. Writes ``models/champion.json`` (name, version, URIs, metric and ensemble digests of the
    champion: the DVC dependency of ``screen``, and what ``predict``/``screen`` verify the
    downloaded ensemble against, :mod:`kappaflow.registry.trust`) and
-   ``reports/registry/decision.json`` (this run's decision).
+   ``reports/registry/decision.json`` (this run's decision) and the DVC metrics
+   ``metrics/headline/register.json`` (candidate metric, version, promoted 0/1, gate 0/1).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from omegaconf import DictConfig
 from kappaflow.data.prepare import crystals_from_frame
 from kappaflow.evaluation.calibration import Calibration
 from kappaflow.evaluation.report import write_report
-from kappaflow.io_utils import config_digest, write_json
+from kappaflow.io_utils import config_digest, write_json, write_metrics
 from kappaflow.layout import baseline_dir, finetune_dir, interim_dir, load_prepared, project_root
 from kappaflow.registry import promotion as P
 from kappaflow.registry.domain import fit_domain
@@ -46,7 +47,8 @@ from kappaflow.registry.pyfunc import log_ensemble_model, write_ensemble_dir
 from kappaflow.registry.trust import DIR_SHA_TAG, ensemble_dir_sha256, ensemble_sha256
 from kappaflow.tracking import start_stage_run
 from kappaflow.tracking.git import git_info
-from kappaflow.tracking.runs import log_artifact, tracking_cfg
+from kappaflow.tracking.names import dataset_alias, run_label
+from kappaflow.tracking.runs import experiment_name, log_artifact, tracking_cfg
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +178,16 @@ def training_domain(cfg: DictConfig, ensemble: Any, dataset: str, quantile: floa
 
 
 def _finetune_run_id(cfg: DictConfig, strategy: str, dataset: str) -> str:
-    """Id of the newest MLflow run of ``finetune/<strategy>/<dataset>`` ("" if none)."""
+    """Id of the newest ``finetune`` run of ``strategy`` on ``dataset`` ("" if none)."""
     import mlflow
 
     try:
         runs = mlflow.search_runs(
-            experiment_names=[str(cfg.tracking.experiment)],
-            filter_string=f"tags.mlflow.runName = 'finetune/{strategy}/{dataset}'",
+            experiment_names=[experiment_name(cfg, "transfer")],
+            filter_string=(
+                "tags.`kappaflow.stage` = 'finetune' AND "
+                f"tags.strategy = '{strategy}' AND tags.dataset = '{dataset}'"
+            ),
             order_by=["attributes.start_time DESC"],
             max_results=1,
             output_format="list",
@@ -362,13 +367,13 @@ def _log_decision(
             "registry.model": name,
             "registry.version": str(version.version),
             "registry.decision": decision.reason,
+            "registry.promoted": str(bool(decision.promote)).lower(),
+            "registry.champion_version": str(record["version"] or 0),
         }
     )
     mlflow.log_metrics(
         {
             f"candidate_{metric}": decision.candidate_metric,
-            "promoted": float(decision.promote),
-            "champion_version": float(record["version"] or 0),
             **(
                 {f"champion_{metric}_before": decision.champion_metric}
                 if decision.champion_metric is not None
@@ -418,9 +423,12 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
     with start_stage_run(
         cfg,
         "register",
-        run_name=f"register/{cand.strategy}/{cand.dataset}",
+        run_name=run_label(
+            "register", dataset_alias(cand.dataset, cfg.tracking.get("aliases")), cand.strategy
+        ),
         dvc_stage="register",
         tags={"strategy": cand.strategy, "dataset": cand.dataset},
+        params=["registry", "graphs", "seed"],
     ) as run:
         assert run is not None
         client = MlflowClient()
@@ -457,6 +465,15 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
         write_json(root / str(reg.champion_file), record)
         decision_file = root / cfg.paths.reports_dir / "registry" / "decision.json"
         write_json(decision_file, result)
+        write_metrics(
+            root / cfg.paths.metrics_dir / "headline" / "register.json",
+            {
+                f"candidate_{metric}": decision.candidate_metric,
+                "candidate_version": int(version.version),
+                "promoted": bool(decision.promote),
+                "gate_passed": bool(gate.passed),
+            },
+        )
         report = write_report(
             decision_file.with_suffix(".md"), *_decision_sections(result), title="Registry decision"
         )

@@ -8,7 +8,9 @@ Streams the pool (:mod:`kappaflow.screen.pool`) through the champion ensemble in
   dataset, formula, spacegroup, kappa`` (W/m/K), ``log10_kappa``, ``sigma_log10`` (std over
   members of log10 κ, decades), ``kappa_lo68``… ``kappa_hi95`` (W/m/K, calibrated intervals),
   ``in_domain``, ``ood_reason``, ``nn_distance``, ``in_training_set`` (same formula + space
-  group as a material the model was trained on), ``n_duplicates``, ``source``;
+  group as a material the model was trained on), ``n_duplicates``, ``source`` (relative to the
+  project when inside it); ``formula_conventional`` (``PbTe``) beside pymatgen's ``formula``
+  (``TePb``); κ columns rounded to 3 significant digits, σ and distances to 3 decimals;
 * ``top_high.csv`` / ``top_low.csv``: the ``screen.top_n`` highest-κ (diamond-like heat
   spreaders, Ju et al.) and lowest-κ (thermoelectric candidates, ParAIsite) structures, from
   in-domain ones only when ``screen.top_in_domain_only``;
@@ -16,7 +18,8 @@ Streams the pool (:mod:`kappaflow.screen.pool`) through the champion ensemble in
   detail``);
 * ``kappa_vs_sigma.png``: κ vs σ, in-domain vs out-of-domain;
 * ``summary.json``: counts, throughput (crystals/s, parse + featurize + ensemble inference),
-  wall time, model version.
+  wall time, model version (a plain DVC out);
+* ``headline.json``: the DVC metrics (:func:`screen_headline`: counts, throughput).
 
 Checked: ``len(ranked) + len(quarantine) == pool.n_total`` (every structure of the
 deduplicated pool is accounted for). Everything is logged to an MLflow run.
@@ -35,15 +38,22 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from kappaflow.data.validation import ValidationOptions
-from kappaflow.io_utils import write_json
+from kappaflow.data.validation import ValidationOptions, conventional_formula
+from kappaflow.io_utils import write_json, write_metrics
 from kappaflow.layout import interim_dir, load_prepared, project_root
 from kappaflow.registry.champion import NoChampionError, load_champion, resolve_model
 from kappaflow.registry.predictor import COLUMNS, Item, predict_stream
 from kappaflow.screen.pool import iter_items, load_pool
 from kappaflow.structure.cif import escape_control
 from kappaflow.tracking import start_stage_run
-from kappaflow.tracking.runs import log_artifact, log_dataset, log_figure, setup_experiment
+from kappaflow.tracking.names import is_count
+from kappaflow.tracking.runs import (
+    log_artifact,
+    log_dataset,
+    log_figure,
+    log_params,
+    setup_experiment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +65,53 @@ RANKED_COLUMNS = (
     "id",
     "dataset",
     "formula",
+    "formula_conventional",
     "spacegroup",
     *(c for c in COLUMNS if c not in ("id", "formula", "error")),
     "in_training_set",
     "n_duplicates",
     "source",
 )
+
+
+#: Columns written with 3 significant digits (κ, W/m/K) and with 3 decimals (decades, distances).
+KAPPA_COLUMNS = ("kappa", "kappa_lo68", "kappa_hi68", "kappa_lo95", "kappa_hi95")
+DECIMAL_COLUMNS = ("log10_kappa", "sigma_log10", "nn_distance")
+
+
+def round_significant(values: Any, digits: int = 3) -> np.ndarray:
+    """Return ``values`` rounded to ``digits`` significant digits (NaN, inf and 0 kept)."""
+    x = np.asarray(values, dtype=float)
+    finite = np.isfinite(x) & (x != 0)
+    out = x.copy()
+    mag = np.floor(np.log10(np.abs(x[finite])))
+    scale = 10.0 ** (digits - 1 - mag)
+    out[finite] = np.round(x[finite] * scale) / scale
+    return out
+
+
+def for_csv(table: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy for the CSVs: κ to 3 significant digits, σ and distances to 3 decimals.
+
+    The full-precision values stay in memory for the plot and the summary
+    (``kappaflow predict --json`` keeps full precision too).
+    """
+    out = table.copy()
+    for col in KAPPA_COLUMNS:
+        if col in out:
+            out[col] = round_significant(out[col])
+    for col in DECIMAL_COLUMNS:
+        if col in out:
+            out[col] = out[col].astype(float).round(3)
+    return out
+
+
+def relative_source(source: str, root: Path) -> str:
+    """Return ``source`` relative to the project ``root`` when it lies inside it, else as given."""
+    try:
+        return Path(source).resolve().relative_to(root.resolve()).as_posix()
+    except (ValueError, OSError):
+        return source
 
 
 def training_keys(cfg: DictConfig, dataset: str | None) -> set[str]:
@@ -115,6 +166,19 @@ def _screen_options(cfg: DictConfig, cutoff: float) -> ValidationOptions:
     return ValidationOptions.from_mapping(raw)
 
 
+def screen_headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """Return the DVC metrics of ``screen`` (``headline.json``): counts, throughput (1/s).
+
+    Args:
+        summary: the full ``summary.json`` record (a plain DVC out: strings, per-dataset counts).
+
+    Returns:
+        ``n_scored``, ``n_ood``, ``n_quarantined``, ``throughput_per_s`` (absent keys: None, left
+        out of the file by :func:`~kappaflow.io_utils.write_metrics`).
+    """
+    return {k: summary.get(k) for k in ("n_scored", "n_ood", "n_quarantined", "throughput_per_s")}
+
+
 def _no_champion(out: Path, reason: str) -> dict[str, Any]:
     """Write the stage's outputs for a pipeline without a champion: empty tables, the reason."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -132,6 +196,7 @@ def _no_champion(out: Path, reason: str) -> dict[str, Any]:
     fig.savefig(out / "kappa_vs_sigma.png", dpi=100)
     summary = {"no_champion": reason, "n_scored": 0, "n_quarantined": 0}
     write_json(out / "summary.json", summary)
+    write_metrics(out / "headline.json", screen_headline(summary))
     print(f"screen: {reason}")
     return summary
 
@@ -160,9 +225,10 @@ def screen_stage(
 
     t_start = time.perf_counter()
     sc = cfg.screen
-    out = project_root() / str(sc.out_dir)
+    root = project_root()
+    out = root / str(sc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    setup_experiment(cfg)
+    setup_experiment(cfg, "registry")
     try:
         uri, model_info = resolve_model(cfg, model_uri)
     except NoChampionError as err:  # the gate kept every candidate out: say so, score nothing
@@ -174,7 +240,12 @@ def screen_stage(
     batch = int(sc.batch_size)
 
     with start_stage_run(
-        cfg, "screen", run_name="screen", dvc_stage="screen", tags={"model_uri": uri}
+        cfg,
+        "screen",
+        run_name="screen",
+        dvc_stage="screen",
+        tags={"model_uri": uri},
+        params=["screen", "graphs", "validation"],
     ) as run:
         if run is not None:
             log_dataset(pool.index.drop(columns=["row"]), name="screen_pool", context="screen")
@@ -213,9 +284,12 @@ def screen_stage(
                 np.asarray(streamed_sg) != -1, streamed_sg, index["spacegroup"].to_numpy()
             ),
             n_duplicates=index["n_duplicates"],
-            source=index["source"].map(escape_control),
+            source=index["source"].map(
+                {s: escape_control(relative_source(s, root)) for s in index["source"].unique()}
+            ),
             formula=np.where(scored["formula"] != "", scored["formula"], index["formula"]),
         )
+        scored["formula_conventional"] = scored["formula"].astype(str).map(conventional_formula)
         ok = scored["error"] == ""
         keys = training_keys(cfg, train_dataset)
         ranked = scored.loc[ok].copy()
@@ -245,9 +319,9 @@ def screen_stage(
         top_n, dom_only = int(sc.top_n), bool(sc.top_in_domain_only)
         top_high = _top(ranked, top_n, dom_only, high=True)
         top_low = _top(ranked, top_n, dom_only, high=False)
-        ranked.to_csv(out / "ranked.csv", index=False)
-        top_high.to_csv(out / "top_high.csv", index=False)
-        top_low.to_csv(out / "top_low.csv", index=False)
+        for_csv(ranked).to_csv(out / "ranked.csv", index=False)
+        for_csv(top_high).to_csv(out / "top_high.csv", index=False)
+        for_csv(top_low).to_csv(out / "top_low.csv", index=False)
         quarantine.to_csv(out / "quarantine.csv", index=False)
         fig = kappa_sigma_plot(ranked, out / "kappa_vs_sigma.png")
         wall = time.perf_counter() - t_start
@@ -274,24 +348,16 @@ def screen_stage(
             "top_n": top_n,
         }
         write_json(out / "summary.json", summary)
+        write_metrics(out / "headline.json", screen_headline(summary))
         if run is not None:
             import mlflow
 
+            log_params({k: v for k, v in summary.items() if is_count(k)})
             mlflow.log_metrics(
                 {
                     k: float(summary[k])
-                    for k in (
-                        "n_input",
-                        "n_duplicates",
-                        "n_pool",
-                        "n_scored",
-                        "n_quarantined",
-                        "n_in_domain",
-                        "n_ood",
-                        "throughput_per_s",
-                        "scoring_s",
-                        "wall_s",
-                    )  # fmt: skip
+                    for k in ("throughput_per_s", "scoring_s", "wall_s")
+                    if math.isfinite(float(summary[k]))
                 }
             )
             log_figure(fig, "screen/kappa_vs_sigma.png")

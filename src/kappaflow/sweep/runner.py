@@ -64,6 +64,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Name of the objective in the study (optuna-dashboard, ``study.metric_names``).
+METRIC_NAME = "inner-CV log10-MAE"
+
 Objective = Callable[["optuna.Trial"], float]
 SCHEMA_LOCK = "__schema__"  # lock name (not a study) serializing Optuna's table creation
 
@@ -187,6 +190,8 @@ def prepare_study(
         )
         if study.direction != optuna.study.StudyDirection.MINIMIZE:
             raise ValueError(f"study {settings.study_name!r} exists and does not minimize")
+        if study.metric_names != [METRIC_NAME]:  # the dashboard's axis label ("Objective 0")
+            study.set_metric_names([METRIC_NAME])
         _check_space(study, settings)
         fail_stale(study, storage, handler, local)
         added = top_up(study, settings.n_trials, baseline)

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from kappaflow.tracking.names import is_count
+
 if TYPE_CHECKING:
     import optuna
 
@@ -80,7 +82,7 @@ class SweepTracker:
 
             from kappaflow.tracking.runs import setup_experiment
 
-            self._experiment_id = setup_experiment(self._cfg)
+            self._experiment_id = setup_experiment(self._cfg, "sweeps")
             self._client = mlflow.MlflowClient()
         return self._client
 
@@ -130,7 +132,7 @@ class SweepTracker:
                     self.study_name,
                 )
         run = client.create_run(
-            self._experiment_id, run_name=f"sweep/{self.study_name}", tags=self._base_tags()
+            self._experiment_id, run_name=f"sweep·{self.study_name}", tags=self._base_tags()
         )
         client.log_batch(
             run.info.run_id,
@@ -155,7 +157,7 @@ class SweepTracker:
             tags["mlflow.parentRunId"] = parent_id
         if trial.user_attrs.get("baseline"):
             tags["optuna.baseline"] = "true"
-        run = client.create_run(self._experiment_id, run_name=f"trial-{trial.number}", tags=tags)
+        run = client.create_run(self._experiment_id, run_name=f"trial·{trial.number}", tags=tags)
         trial.set_user_attr(RUN_ATTR, run.info.run_id)
         return str(run.info.run_id)
 
@@ -179,7 +181,9 @@ class SweepTracker:
             for step, v in sorted(frozen.intermediate_values.items())
             if math.isfinite(v)
         ]
-        summary = _finite(frozen.user_attrs.get("cv") or {})
+        summary = {
+            k: v for k, v in _finite(frozen.user_attrs.get("cv") or {}).items() if not is_count(k)
+        }
         if frozen.value is not None and math.isfinite(frozen.value):
             summary.setdefault("objective", float(frozen.value))
         metrics += [Metric(k, v, now, 0) for k, v in summary.items()]

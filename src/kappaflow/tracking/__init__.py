@@ -10,6 +10,12 @@ from kappaflow._lazy import lazy_exports
 _EXPORTS = {
     "start_stage_run": "kappaflow.tracking.runs",
     "setup_experiment": "kappaflow.tracking.runs",
+    "experiment_name": "kappaflow.tracking.runs",
+    "config_params": "kappaflow.tracking.runs",
+    "run_label": "kappaflow.tracking.names",
+    "dataset_alias": "kappaflow.tracking.names",
+    "metric_key": "kappaflow.tracking.names",
+    "finite_metrics": "kappaflow.tracking.names",
     "tracking_uri": "kappaflow.tracking.runs",
     "tracking_cfg": "kappaflow.tracking.runs",
     "log_dataset": "kappaflow.tracking.runs",

@@ -250,10 +250,22 @@ class LoginLimitMiddleware:
             await self.app(scope, receive, send)  # no credentials: 401 without any hash
             return
         status: list[int] = []
+        keys: tuple[str, ...] = ()
+        settled: list[bool] = []
+
+        def settle(code: int) -> None:
+            """Record the attempt's outcome once (before the client can see the response)."""
+            if settled or not keys:
+                return
+            settled.append(True)
+            # only a 401 is a failed login; a 5xx / lost response proves nothing either way
+            known = creds if code < 500 else None
+            self.limiter.release(keys, failed=code == 401, credentials=known)
 
         async def send_status(message: Message) -> None:
             if message.get("type") == "http.response.start":
                 status.append(int(message["status"]))
+                settle(status[0])
             await send(message)
 
         if self.limiter.is_known_good(*creds):  # verified recently: MLflow's cache answers
@@ -270,10 +282,7 @@ class LoginLimitMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            code = status[0] if status else 500
-            # only a 401 is a failed login; a 5xx / lost response proves nothing either way
-            known = creds if code < 500 else None
-            self.limiter.release(keys, failed=code == 401, credentials=known)
+            settle(status[0] if status else 500)
 
 
 async def _too_many_requests(send: Send, wait_s: float) -> None:

@@ -1,8 +1,15 @@
-"""MLflow runs for pipeline stages: tracking URI, experiment, provenance tags, params, inputs.
+"""MLflow runs for pipeline stages: tracking URI, experiments, provenance tags, params, inputs.
 
 Tracking URI precedence: ``MLFLOW_TRACKING_URI`` (env) > ``tracking.uri`` (config) >
 ``sqlite:///<project root>/mlflow.db``. Artifacts of new experiments go to
 ``tracking.artifact_location`` or ``<project root>/mlruns``.
+
+Runs are grouped by purpose (:data:`STAGE_PURPOSE`): each purpose has its own experiment
+(``tracking.experiments.<purpose>``, default ``<tracking.experiment>-<purpose>``), tagged as
+classic model training (:data:`EXPERIMENT_KIND_TAG`) so that MLflow 3 opens it in the model
+training view. A stage logs only the config subtrees it reads as params
+(``start_stage_run(..., params=[...])``) and the whole resolved config as ``config.yaml``.
+Names of runs and metrics follow :mod:`kappaflow.tracking.names`.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from kappaflow.io_utils import file_sha256  # re-exported: the one implementation lives there
 from kappaflow.layout import project_root
 from kappaflow.tracking.git import git_info
+from kappaflow.tracking.names import PURPOSES, STAGE_PURPOSE
 
 if TYPE_CHECKING:
     import mlflow
@@ -32,9 +40,18 @@ DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "uri": None,
     "experiment": "kappaflow",
+    "experiments": {},
+    "aliases": {},
     "artifact_location": None,
     "log_checkpoints": True,
+    "system_metrics": True,
 }
+#: Experiment tag MLflow 3's UI reads to pick the experiment's view, and the value that selects
+#: the classic model-training view (runs table, charts) instead of the GenAI one (traces, judges).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: The artifact holding the full resolved config of a stage run.
+CONFIG_ARTIFACT = "config.yaml"
 MAX_PARAM_CHARS = 6000
 PARAM_BATCH = 100
 STRUCTURE_COLUMNS = ("lattice", "numbers", "frac_coords", "cif")
@@ -86,17 +103,44 @@ def artifact_location(cfg: Mapping[str, Any] | None = None) -> str | None:
     return path.resolve().as_uri()
 
 
-def setup_experiment(cfg: Mapping[str, Any] | None = None) -> str:
-    """Point MLflow at the configured URI and experiment (created if missing); return its id."""
+def experiment_name(cfg: Mapping[str, Any] | None, purpose: str | None = None) -> str:
+    """Name of the experiment of ``purpose`` (:data:`~kappaflow.tracking.names.PURPOSES`).
+
+    ``tracking.experiments.<purpose>`` if set, else ``<tracking.experiment>-<purpose>``; with
+    ``purpose`` None, ``tracking.experiment`` itself.
+
+    Raises:
+        ValueError: unknown purpose.
+    """
+    tcfg = tracking_cfg(cfg)
+    prefix = str(tcfg["experiment"])
+    if purpose is None:
+        return prefix
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown experiment purpose {purpose!r}; known: {list(PURPOSES)}")
+    return str((tcfg["experiments"] or {}).get(purpose) or f"{prefix}-{purpose}")
+
+
+def setup_experiment(cfg: Mapping[str, Any] | None = None, purpose: str | None = None) -> str:
+    """Point MLflow at the configured URI and the experiment of ``purpose``; return its id.
+
+    The experiment (:func:`experiment_name`) is created if missing and tagged
+    ``mlflow.experimentKind = custom_model_development`` (MLflow 3's model-training view); an
+    existing untagged one gets the tag if this user may set it.
+    """
     import mlflow
 
     quiet_mlflow()
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    name = str(tracking_cfg(cfg)["experiment"])
+    name = experiment_name(cfg, purpose)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         try:
-            exp_id = mlflow.create_experiment(name, artifact_location=artifact_location(cfg))
+            exp_id = mlflow.create_experiment(
+                name,
+                artifact_location=artifact_location(cfg),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, "kappaflow.purpose": purpose or ""},
+            )
         except mlflow.exceptions.MlflowException:  # created concurrently
             exp = mlflow.get_experiment_by_name(name)
             assert exp is not None
@@ -104,6 +148,11 @@ def setup_experiment(cfg: Mapping[str, Any] | None = None) -> str:
     else:
         exp_id = exp.experiment_id
         warn_client_side_artifacts(tracking_uri(cfg), name, exp.artifact_location)
+    if exp is not None and exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        try:
+            mlflow.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException as exc:  # e.g. READ permission on a team server
+            log.warning("could not tag experiment %r as model training: %s", name, exc)
     mlflow.set_experiment(experiment_id=exp_id)
     return str(exp_id)
 
@@ -146,6 +195,39 @@ def flatten_params(cfg: Mapping[str, Any] | DictConfig) -> dict[str, str]:
     for k, v in flat.items():
         s = "null" if v is None else str(v)
         out[k] = s if len(s) <= MAX_PARAM_CHARS else s[: MAX_PARAM_CHARS - 3] + "..."
+    return out
+
+
+def config_params(
+    cfg: Mapping[str, Any] | DictConfig, keys: Iterable[str], drop: Iterable[str] = ()
+) -> dict[str, str]:
+    """Flattened params of the config subtrees ``keys`` (dot paths, e.g. ``models.cgcnn``).
+
+    Args:
+        cfg: the full config.
+        keys: dot paths of the subtrees (or leaves) a stage reads; missing ones are skipped.
+        drop: dot-path prefixes left out (e.g. ``evaluation.published``: quoted numbers, not
+            settings).
+
+    Returns:
+        ``{"<key>.<sub>...": str(value)}`` as :func:`flatten_params`.
+    """
+    conf = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    out: dict[str, str] = {}
+    for key in keys:
+        node = OmegaConf.select(conf, key, default=None)
+        if node is None:
+            continue
+        if isinstance(node, DictConfig):
+            out.update({f"{key}.{k}": v for k, v in flatten_params(node).items()})
+        else:
+            value = (
+                OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            )
+            out.update(flatten_params({key: value}))
+    prefixes = tuple(drop)
+    if prefixes:
+        out = {k: v for k, v in out.items() if not k.startswith(prefixes)}
     return out
 
 
@@ -207,33 +289,48 @@ def start_stage_run(
     dvc_stage: str | None = None,
     run_id_file: str | Path | None = None,
     tags: Mapping[str, str] | None = None,
+    params: Iterable[str] = (),
+    drop_params: Iterable[str] = (),
+    extra_params: Mapping[str, Any] | None = None,
+    purpose: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun | None]:
-    """Open an MLflow run for a pipeline stage, with provenance and the full config.
+    """Open an MLflow run for a pipeline stage, with provenance and the config it reads.
 
-    Sets tags (``kappaflow.stage``, ``kappaflow.version``, ``git.commit`` /
-    ``mlflow.source.git.commit``, ``git.dirty``, ``dvc.stage`` from ``dvc_stage`` or env
-    ``KAPPAFLOW_DVC_STAGE``/``DVC_STAGE``), logs the flattened resolved config as params
-    (dot keys) and the resolved config as the artifact ``config/resolved.yaml``.
+    The run goes to the experiment of ``purpose`` (default: :data:`STAGE_PURPOSE` of ``stage``;
+    :func:`setup_experiment`). Sets tags (``kappaflow.stage``, ``kappaflow.version``,
+    ``git.commit`` / ``mlflow.source.git.commit``, ``git.dirty``, ``dvc.stage`` from
+    ``dvc_stage`` or env ``KAPPAFLOW_DVC_STAGE``/``DVC_STAGE``), logs the config subtrees
+    ``params`` (and ``extra_params``) as params and the whole resolved config as the artifact
+    ``config.yaml``.
 
     Args:
         cfg: the full config (its ``tracking`` node configures MLflow).
         stage: stage name (e.g. ``pretrain``, ``finetune``).
-        run_name: MLflow run name (default: ``stage``).
+        run_name: MLflow run name (default: ``stage``; see
+            :func:`~kappaflow.tracking.names.run_label`).
         nested: open as a child of the active run.
         dvc_stage: DVC stage name (e.g. ``pretrain@cgcnn``).
         run_id_file: if given, the run id is written there; when the file already names an
             existing run (a crashed run being resumed), that run is continued instead.
         tags: extra tags.
+        params: dot paths of the config subtrees the stage reads (:func:`config_params`).
+        drop_params: dot-path prefixes left out of them.
+        extra_params: further params (e.g. counts of the stage's data), logged as given.
+        purpose: experiment purpose; default from ``stage``.
+        system_metrics: sample CPU / memory / GPU use every 10 s as ``system/*`` metrics
+            (long runs; needs psutil, off when ``tracking.system_metrics`` is false).
 
     Yields:
         The active run, or None when ``tracking.enabled`` is false.
     """
-    if not tracking_cfg(cfg)["enabled"]:
+    tcfg = tracking_cfg(cfg)
+    if not tcfg["enabled"]:
         yield None
         return
     import mlflow
 
-    setup_experiment(cfg)
+    setup_experiment(cfg, purpose or STAGE_PURPOSE.get(stage, "data"))
     rid_path = Path(run_id_file) if run_id_file is not None else None
     resume_id = _resumable_run_id(rid_path)
     all_tags = {**_provenance_tags(stage, dvc_stage), **dict(tags or {})}
@@ -242,6 +339,7 @@ def start_stage_run(
         run_name=None if resume_id else (run_name or stage),
         nested=nested,
         tags=None if resume_id else all_tags,
+        log_system_metrics=bool(system_metrics and tcfg["system_metrics"]) or None,
     ) as run:
         if resume_id:
             mlflow.set_tags(all_tags)
@@ -249,8 +347,10 @@ def start_stage_run(
             rid_path.parent.mkdir(parents=True, exist_ok=True)
             rid_path.write_text(run.info.run_id + "\n")
         resolved = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-        log_params(flatten_params(resolved))
-        mlflow.log_text(OmegaConf.to_yaml(resolved, resolve=True), "config/resolved.yaml")
+        logged = config_params(resolved, params, drop_params)
+        logged.update({k: "null" if v is None else str(v) for k, v in (extra_params or {}).items()})
+        log_params(logged)
+        mlflow.log_text(OmegaConf.to_yaml(resolved, resolve=True), CONFIG_ARTIFACT)
         yield run
 
 

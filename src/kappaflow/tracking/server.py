@@ -811,12 +811,31 @@ def _cmd_grant(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What ``kappaflow server --help`` says (for users; the module docstring is for developers).
+SERVER_DESCRIPTION = """\
+Serve the MLflow UI and model registry for this project's runs.
+
+  embedded (default)  this project's store (mlflow.db, mlartifacts/); no sign-in; one user
+  team (--team)       a PostgreSQL store and a shared artifact store, with sign-in; every
+                      user may read everything, only owners, grantees and admins change it
+
+It listens on 127.0.0.1:5000 unless --host/--port say otherwise, upgrades the store's schema
+first and stops cleanly on Ctrl-C. Settings: tracking.server in conf/tracking/server.yaml;
+the options below win over them. See "Reviewing runs" in README.md.
+
+examples:
+  kappaflow server
+  kappaflow server --team --host 0.0.0.0 --allowed-hosts mlflow.lab:5000
+  kappaflow server grant registrar kappaflow-kappa --url http://mlflow.lab:5000
+"""
+
+
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``kappaflow server [--team] …``, ``server add-user NAME``, ``server grant NAME …``."""
     p = subparsers.add_parser(
         "server",
         help="MLflow tracking + registry server (embedded sqlite, or --team: PostgreSQL + auth)",
-        description=__doc__,
+        description=SERVER_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--team", action="store_true", help="team mode (tracking.server.team)")
@@ -839,6 +858,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     u = sub.add_parser(
         "add-user",
         help="create a basic-auth user (as the admin in MLFLOW_TRACKING_USERNAME/PASSWORD)",
+        description="Create a sign-in user on a team server. Run as an admin: "
+        "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD name the admin; the new user's "
+        "password is asked for on the terminal (or read from KAPPAFLOW_NEW_USER_PASSWORD).",
     )
     u.add_argument("username")
     u.add_argument("--url", help="server URL (default: MLFLOW_TRACKING_URI)")

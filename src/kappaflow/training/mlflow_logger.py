@@ -1,4 +1,9 @@
-"""Lightning ↔ MLflow: per-epoch metric curves and the fit summary."""
+"""Lightning ↔ MLflow: per-epoch metric curves and the fit summary.
+
+Lightning keys (``train/loss``, ``val/kappa/mae_log10``…) are renamed at this boundary to the
+MLflow scheme of :func:`kappaflow.tracking.names.metric_key` (``train_loss``,
+``val_log10_mae``, ``val_e_form_mae_eV_per_atom``…).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
+
+from kappaflow.tracking.names import metric_key
+
+#: Units of the targets whose MAE a curve's name carries when the caller gives none (W/m/K).
+DEFAULT_UNITS: dict[str, str] = {"kappa": "W/m/K"}
 
 if TYPE_CHECKING:
     from kappaflow.training.trainer import FitResult
@@ -26,17 +36,21 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class MlflowEpochLogger(L.Callback):
-    """Log every epoch's metrics (``train/*``, ``val/*``, ``lr/*``) with ``step = epoch``.
+    """Log every epoch's metrics (``train_loss``, ``val_loss``, ``val_log10_mae``, ``lr_*``).
 
-    Runs at the end of each training epoch (after that epoch's validation), so an MLflow metric
-    history has one point per epoch. Resumed runs continue the same curves.
+    Runs at the end of each training epoch (after that epoch's validation) with
+    ``step = epoch``, so an MLflow metric history has one point per epoch. Resumed runs continue
+    the same curves. Names: :func:`kappaflow.tracking.names.metric_key`.
 
     Args:
         run_id: MLflow run to log to; default: the active run at fit start (no-op if none).
+        units: target name → unit of its MAE (e.g. ``{"e_form": "eV/atom"}``); default κ in
+            W/m/K.
     """
 
-    def __init__(self, run_id: str | None = None) -> None:
+    def __init__(self, run_id: str | None = None, units: Mapping[str, str | None] | None = None):
         self.run_id = run_id
+        self.units = {**DEFAULT_UNITS, **dict(units or {})}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Bind to the active run if no run id was given."""
@@ -59,7 +73,10 @@ class MlflowEpochLogger(L.Callback):
         ts = int(time.time() * 1000)
         step = int(trainer.current_epoch)
         mlflow.MlflowClient().log_batch(
-            self.run_id, metrics=[Metric(k, v, ts, step) for k, v in sorted(metrics.items())]
+            self.run_id,
+            metrics=[
+                Metric(metric_key(k, self.units), v, ts, step) for k, v in sorted(metrics.items())
+            ],
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -67,20 +84,39 @@ class MlflowEpochLogger(L.Callback):
         return {}
 
 
-def log_fit_result(result: FitResult, log_checkpoint: bool = True) -> None:
+def log_fit_result(
+    result: FitResult,
+    log_checkpoint: bool = True,
+    units: Mapping[str, str | None] | None = None,
+) -> None:
     """Log a :class:`~kappaflow.training.trainer.FitResult` to the active run.
 
-    Logs ``best/val/...`` and ``best/test/...`` metrics of the best checkpoint,
-    ``best_val_loss``, ``epochs_trained``, ``stopped_early`` and (optionally) the best
-    checkpoint file under ``checkpoints/``.
+    Metrics: the best checkpoint's validation metrics as ``best_val_loss``,
+    ``best_val_log10_mae``… (test metrics are the stage's to log, once). Tags:
+    ``epochs_trained`` and ``stopped_early`` (counts and flags are not metrics). Optionally the
+    best checkpoint file under ``checkpoints/``.
+
+    Args:
+        result: the fit.
+        log_checkpoint: log the best checkpoint file.
+        units: target name → unit, as :class:`MlflowEpochLogger`.
     """
     import mlflow
 
-    metrics = {f"best/{k}": v for k, v in {**result.val_metrics, **result.test_metrics}.items()}
+    names = {**DEFAULT_UNITS, **dict(units or {})}
+    metrics = {
+        f"best_{metric_key(k, names)}": float(v)
+        for k, v in _scalars(result.val_metrics).items()
+        if k.startswith("val/")
+    }
     if result.best_val_loss is not None:
-        metrics["best_val_loss"] = result.best_val_loss
-    metrics["epochs_trained"] = float(result.trainer.current_epoch)
-    metrics["stopped_early"] = float(result.stopped_early)
-    mlflow.log_metrics(metrics)
+        metrics["best_val_loss"] = float(result.best_val_loss)
+    mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN-free
+    mlflow.set_tags(
+        {
+            "epochs_trained": str(int(result.trainer.current_epoch)),
+            "stopped_early": str(bool(result.stopped_early)).lower(),
+        }
+    )
     if log_checkpoint and result.best_ckpt is not None and result.best_ckpt.is_file():
         mlflow.log_artifact(str(result.best_ckpt), artifact_path="checkpoints")

@@ -78,6 +78,34 @@ def _progress_bar(kind: str, refresh_rate: int) -> Callback | None:
     raise ValueError(f"progress_bar must be rich, tqdm or none, got {kind!r}")
 
 
+#: Lightning loggers whose INFO lines repeat on every fit (accelerator availability, the
+#: litlogger tip, one ``limit_*_batches`` line per limit, "fit stopped": ~8 lines per trainer,
+#: thousands in a smoke log). Their warnings still show.
+CHATTY_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+)
+#: Lightning warnings about choices this package makes on purpose (regexes of their messages):
+#: small epochs below the logging interval, in-process data loading (graphs are in memory), and a
+#: deprecation inside Lightning itself. Every other warning still shows.
+KNOWN_WARNINGS = (
+    r".*is smaller than the logging interval",
+    r".*does not have many workers",
+    r".*isinstance\(treespec, LeafSpec\)",
+)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-trainer boilerplate (idempotent; real warnings keep showing)."""
+    import warnings
+
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def build_trainer(
     trainer_cfg: Mapping[str, Any] | None,
     out_dir: str | Path,
@@ -89,7 +117,8 @@ def build_trainer(
     Adds: :class:`EpochSeed` (per-epoch reseeding), early stopping on ``val/loss``
     (``early_stopping.patience``; null/0 disables), ``ModelCheckpoint`` (best on ``val/loss`` as
     ``best-epoch=NNN.ckpt`` + ``last.ckpt``, every epoch, in ``<out_dir>/checkpoints``), a progress
-    bar, and a ``CSVLogger`` in ``<out_dir>/csv`` when ``csv_logger`` is true.
+    bar, and a ``CSVLogger`` in ``<out_dir>/csv`` when ``csv_logger`` is true. Lightning's
+    per-trainer boilerplate is silenced (:func:`quiet_lightning`).
 
     Args:
         trainer_cfg: the ``trainer`` node (keys of :data:`DEFAULTS`).
@@ -100,6 +129,7 @@ def build_trainer(
     cfg = resolve_cfg(trainer_cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    quiet_lightning()
     if cfg["accelerator"] in ("gpu", "cuda"):
         torch.set_float32_matmul_precision("high")
     elif cfg.get("cpu_threads"):

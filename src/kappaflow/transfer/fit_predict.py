@@ -55,6 +55,7 @@ from kappaflow.layout import (
 from kappaflow.training.datamodule import GraphDataModule
 from kappaflow.training.export import predict, save_model
 from kappaflow.training.inputs import RowsView, input_kind, load_model_inputs
+from kappaflow.training.mlflow_logger import MlflowEpochLogger
 from kappaflow.training.module import KappaLightningModule
 from kappaflow.training.target_transform import TargetTransform
 from kappaflow.training.trainer import fit
@@ -110,12 +111,18 @@ def _train(
     val_idx: np.ndarray,
     tcfg: DictConfig,
     out_dir: Path,
+    log_curves: bool = False,
 ) -> Any:
-    """Fit ``model`` on rows ``train_idx`` (early stopping on ``val_idx``); return the module."""
+    """Fit ``model`` on rows ``train_idx`` (early stopping on ``val_idx``); return the module.
+
+    With ``log_curves``, the per-epoch ``train_loss``, ``val_loss``, ``val_log10_mae``… go to
+    the active MLflow run (:class:`~kappaflow.training.mlflow_logger.MlflowEpochLogger`).
+    """
     dm = GraphDataModule.from_cfg(inputs.dataset, train_idx, val_idx, None, tcfg)
     transform = TargetTransform.fit(dm.train_targets(), ["log10"], ["kappa"])
     module = KappaLightningModule.from_cfg(model, transform, tcfg)
-    fit(tcfg, module, dm, out_dir, test=False)
+    callbacks = [MlflowEpochLogger()] if log_curves else None
+    fit(tcfg, module, dm, out_dir, test=False, callbacks=callbacks)
     return module
 
 
@@ -135,6 +142,8 @@ def build_fit_predict(
     table: pd.DataFrame,
     work: Path,
     export_dir: Path | None = None,
+    *,
+    log_curves: bool = False,
 ) -> FitPredict:
     """Return the ``fit_predict(train_idx, val_idx, test_idx) -> κ_pred`` of one strategy.
 
@@ -156,6 +165,9 @@ def build_fit_predict(
             length, non-finite, bad zip CRC) is deleted and recomputed with a warning.
         export_dir: where to copy each fold's exported model as ``repeat<r>-fold<f>.pt`` (folds
             numbered in call order, ``n_splits`` per repeat); None: no copies.
+        log_curves: log every trained model's per-epoch curves to the MLflow run active while
+            it trains (the ``finetune`` stage opens one child run per fold; two_stage's earlier
+            stages train in the strategy run).
     """
     s_cfg = strategy_node(cfg, strategy)
     model_cfg = cfg.models[s_cfg.model]
@@ -180,7 +192,9 @@ def build_fit_predict(
     fold_no = iter(range(10**9))
     run_key = _run_key(cfg, s_cfg, dataset, table)
     start_model = (
-        _run_earlier_stages(cfg, s_cfg, model_cfg, plan, table, pretrained, work, ev, run_key)
+        _run_earlier_stages(
+            cfg, s_cfg, model_cfg, plan, table, pretrained, work, ev, run_key, log_curves
+        )
         if plan
         else None
     )
@@ -215,7 +229,9 @@ def build_fit_predict(
             pred = reg.predict(emb[test_idx])
         else:
             tcfg = fold_trainer_cfg(cfg, over, ev)
-            module = _train(model, inputs, train_idx, val_idx, tcfg, work / f"fold-{key}")
+            module = _train(
+                model, inputs, train_idx, val_idx, tcfg, work / f"fold-{key}", log_curves
+            )
             pred = _predict(module, inputs, test_idx, batch)
             meta = {"strategy": strategy, "dataset": dataset, "fold": name[:-3], "seed": seed}
             save_model(exported, module.model, module.transform, model_cfg, meta)
@@ -251,6 +267,7 @@ def _run_earlier_stages(
     work: Path,
     evaluation: DictConfig,
     run_key: str,
+    log_curves: bool = False,
 ) -> Any:
     """Train the stages before the last one (e.g. AGL κ) on sets without ``target``'s materials.
 
@@ -282,7 +299,7 @@ def _run_earlier_stages(
         )
         tcfg = fold_trainer_cfg(cfg, over, evaluation)
         stage_dir = work / f"stage{k}-{stage.dataset}-{run_key}"
-        module = _train(model, inputs, tr, va, tcfg, stage_dir)
+        module = _train(model, inputs, tr, va, tcfg, stage_dir, log_curves)
         model = module.model
     return model
 

@@ -1,0 +1,174 @@
+"""Does the out-of-domain flag catch the model's failures? Hold-out measurements and signals.
+
+The flag is measured the way it will fail: whole structure families (train without wurtzite,
+test on wurtzite; :func:`kappaflow.structure.families.structure_family`) and chemistries
+(leave-one-anion-out) are held out, a model is trained on the rest, and on the held-out rows
+each candidate signal is scored against the actual errors:
+
+* a *miss* is a prediction off by more than ``miss_factor`` (3×: |Δ log10 κ| > log10 3);
+* a *hit* is one within ``hit_factor`` (2×);
+* ``recall`` = fraction of misses the signal flags (target ≥ 80 %);
+* ``false_reject`` = fraction of hits it flags (target ≤ 20 %).
+
+Signals need nothing but the training set and the crystal: elements unseen in training, a
+structure family unseen in training, and the distance to the nearest training compound in
+standardized Magpie descriptor space above the ``quantile`` of the training set's own
+nearest-neighbour distances (a per-model embedding distance is the registered flag's other
+signal, :mod:`kappaflow.registry.domain`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from kappaflow.structure.families import anion, structure_family
+
+#: Hold-out kinds: column of the group label per row.
+HOLDOUTS = ("family", "anion")
+
+
+def group_labels(table: pd.DataFrame, kind: str) -> pd.Series:
+    """Family or anion label per row of a κ table (``formula``, ``spacegroup`` columns).
+
+    Raises:
+        ValueError: unknown hold-out kind.
+    """
+    if kind == "family":
+        return pd.Series(
+            [
+                structure_family(f, int(s))
+                for f, s in zip(table.formula, table.spacegroup, strict=True)
+            ],
+            index=table.index,
+        )
+    if kind == "anion":
+        return table.formula.map(anion)
+    raise ValueError(f"unknown hold-out kind {kind!r}; known: {HOLDOUTS}")
+
+
+def elements_of(formula: str) -> set[str]:
+    """Element symbols of a formula."""
+    from pymatgen.core import Composition
+
+    return {str(el) for el in Composition(formula).elements}
+
+
+def descriptor_distance(
+    train: np.ndarray, test: np.ndarray, quantile: float
+) -> tuple[np.ndarray, float]:
+    """Nearest-training-neighbour distance of each test row, and the training threshold.
+
+    Features are standardized with the training mean/std; the threshold is the ``quantile`` of
+    every training row's distance to its nearest *other* training row.
+
+    Returns:
+        ``(distances [n_test], threshold)``.
+    """
+    mu, sd = train.mean(axis=0), train.std(axis=0)
+    sd[sd == 0] = 1.0
+    a, b = (train - mu) / sd, (test - mu) / sd
+
+    def nn(x: np.ndarray, y: np.ndarray, exclude_self: bool) -> np.ndarray:
+        d = np.sqrt(np.maximum(((x[:, None, :] - y[None, :, :]) ** 2).sum(-1), 0.0))
+        if exclude_self:
+            np.fill_diagonal(d, np.inf)
+        return d.min(axis=1)
+
+    threshold = float(np.quantile(nn(a, a, True), quantile)) if len(a) > 1 else math.inf
+    return nn(b, a, False), threshold
+
+
+def holdout_signals(
+    table: pd.DataFrame,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    features: np.ndarray,
+    quantile: float,
+) -> pd.DataFrame:
+    """Signals for the held-out rows given what the model was trained on.
+
+    Args:
+        table: κ table (``formula``, ``spacegroup``).
+        train_idx: rows trained on (training + validation part).
+        test_idx: held-out rows.
+        features: descriptor per row of ``table`` (e.g. Magpie).
+        quantile: descriptor-distance threshold quantile.
+
+    Returns:
+        One row per held-out row: ``unseen_elements``, ``unseen_family``,
+        ``descriptor_distance`` (bool flags) and ``distance`` (float).
+    """
+    seen = set().union(*(elements_of(f) for f in table.formula.iloc[train_idx]))
+    families = group_labels(table, "family")
+    seen_families = set(families.iloc[train_idx])
+    dist, threshold = descriptor_distance(features[train_idx], features[test_idx], quantile)
+    test_formulas = table.formula.iloc[test_idx]
+    return pd.DataFrame(
+        {
+            "unseen_elements": [not elements_of(f) <= seen for f in test_formulas],
+            "unseen_family": ~families.iloc[test_idx].isin(seen_families).to_numpy(),
+            "descriptor_distance": dist > threshold,
+            "distance": dist,
+        }
+    )
+
+
+def flag_quality(
+    abs_err_log10: np.ndarray,
+    flags: Mapping[str, np.ndarray],
+    miss_factor: float = 3.0,
+    hit_factor: float = 2.0,
+) -> pd.DataFrame:
+    """Recall of misses and false rejection of hits, per signal (see the module docstring).
+
+    Args:
+        abs_err_log10: |log10 κ̂ − log10 κ| per row.
+        flags: signal name -> boolean flag per row.
+        miss_factor: a miss is an error above this factor.
+        hit_factor: a hit is an error within this factor.
+
+    Returns:
+        One row per signal: ``signal, n_miss, caught, recall, n_hit, rejected, false_reject``
+        (recall / false_reject NaN when there is no miss / hit).
+    """
+    err = np.asarray(abs_err_log10, dtype=np.float64)
+    miss, hit = err > math.log10(miss_factor), err <= math.log10(hit_factor)
+    rows = []
+    for name, flag in flags.items():
+        f = np.asarray(flag, dtype=bool)
+        caught, rejected = int((f & miss).sum()), int((f & hit).sum())
+        rows.append(
+            {
+                "signal": name,
+                "n_miss": int(miss.sum()),
+                "caught": caught,
+                "recall": caught / miss.sum() if miss.any() else math.nan,
+                "n_hit": int(hit.sum()),
+                "rejected": rejected,
+                "false_reject": rejected / hit.sum() if hit.any() else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def combine(signals: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """Logical OR of the named boolean signal columns."""
+    out = np.zeros(len(signals), dtype=bool)
+    for n in names:
+        out |= signals[n].to_numpy(dtype=bool)
+    return out
+
+
+#: Signal combinations scored (the registered flag is an OR of signals).
+COMBINATIONS: dict[str, tuple[str, ...]] = {
+    "unseen_elements": ("unseen_elements",),
+    "unseen_family": ("unseen_family",),
+    "descriptor_distance": ("descriptor_distance",),
+    "elements|distance": ("unseen_elements", "descriptor_distance"),
+    "elements|family": ("unseen_elements", "unseen_family"),
+    "any": ("unseen_elements", "unseen_family", "descriptor_distance"),
+}

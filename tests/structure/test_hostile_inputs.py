@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hostile_inputs import hostile_files, poscar, write_corpus
 
+from hostile_inputs import hostile_files, poscar, write_corpus
 from kappaflow.data.validation import ValidationOptions, check_crystal
 from kappaflow.structure.cif import (
     CifError,
@@ -60,7 +60,6 @@ def test_valid_poscar_still_parses_and_velocity_block_is_ignored(tmp_path: Path)
 
 def test_no_budget_parses_in_process(tmp_path: Path) -> None:
     from hostile_inputs import nacl_cif
-
     from kappaflow.structure.cif import parse_cif
 
     text = nacl_cif()

@@ -58,7 +58,20 @@ def planned_stages(dvc_args: list[str]) -> list[str]:
     )
     lines = out.stdout.splitlines()
     cached = {m[1] for line in lines if (m := CACHED.match(line))}
-    return [m[1] for line in lines if (m := RUNNING.match(line)) and m[1] not in cached]
+    planned = [m[1] for line in lines if (m := RUNNING.match(line)) and m[1] not in cached]
+    # A dry run does not see stages downstream of outputs that do not exist yet; `dvc status`
+    # lists every stage whose deps or outs changed or are missing (targets only, if given).
+    targets = [a for a in dvc_args if not a.startswith("-")]
+    status = subprocess.run(
+        ["dvc", "status", "--json", *targets], capture_output=True, text=True, check=False
+    )
+    try:
+        changed = list(json.loads(status.stdout or "{}"))
+    except ValueError:
+        changed = []
+    return planned + [
+        s for s in changed if s not in planned and s not in cached and ".dvc" not in s
+    ]
 
 
 def format_seconds(seconds: float) -> str:
@@ -85,10 +98,9 @@ def estimate_left(remaining: list[str], known: dict[str, float], done: list[floa
     return f"~{format_seconds(total)} left"
 
 
-def progress_line(k: int, stages: list[str], elapsed: float, left: str) -> str:
-    """Return the progress line for stage ``k`` (1-based) of ``stages``."""
-    n = max(len(stages), k)
-    name = stages[k - 1] if k <= len(stages) else "?"
+def progress_line(k: int, n: int, name: str, elapsed: float, left: str) -> str:
+    """Return the progress line for stage ``k`` (1-based) of ``n``, named ``name``."""
+    n = max(n, k)
     return (
         f"[kappaflow repro] stage {k} of {n}: {name} | elapsed {format_seconds(elapsed)} | {left}"
     )
@@ -108,6 +120,7 @@ def repro_command(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     current: tuple[str, float] | None = None
     done: list[float] = []
+    ran: set[str] = set()
     k = 0
 
     def finish(now: float) -> None:
@@ -126,8 +139,11 @@ def repro_command(args: argparse.Namespace) -> int:
             finish(now)
             k += 1
             current = (m[1], now)
-            left = estimate_left(stages[k:], known, done)
-            print(progress_line(k, stages, now - t0, left), file=sys.stderr, flush=True)
+            ran.add(m[1])
+            remaining = [s for s in stages if s not in ran]
+            left = estimate_left(remaining, known, done)
+            line_ = progress_line(k, k + len(remaining), m[1], now - t0, left)
+            print(line_, file=sys.stderr, flush=True)
         sys.stdout.write(line)
         sys.stdout.flush()
     rc = proc.wait()

@@ -59,7 +59,7 @@ def test_smoke_experiment_composes():
     cfg = compose(["+experiment=smoke"])
     assert cfg.pretrain.fraction <= 0.5 and cfg.evaluation.trainer.max_epochs <= 2
     assert cfg.datasets.mp_eform_bandgap.max_rows <= 5000  # prepared from a sample: seconds
-    assert "max_rows" not in compose().datasets.mp_eform_bandgap  # the default: every row
+    assert compose().datasets.mp_eform_bandgap.max_rows is None  # the default: every row
 
 
 @pytest.mark.parametrize(

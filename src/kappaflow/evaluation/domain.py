@@ -57,6 +57,34 @@ def elements_of(formula: str) -> set[str]:
     return {str(el) for el in Composition(formula).elements}
 
 
+#: Query rows per block of the nearest-neighbour search (bounds memory to CHUNK × N distances).
+CHUNK = 2048
+
+
+def nearest_distance(
+    queries: np.ndarray, train: np.ndarray, exclude_self: bool = False
+) -> np.ndarray:
+    """Euclidean distance of each query row to its nearest ``train`` row, in blocks of rows.
+
+    Args:
+        queries: [M, D] rows.
+        train: [N, D] rows.
+        exclude_self: ``queries`` is ``train``: a row's distance to itself does not count.
+
+    Returns:
+        [M] distances (the units of the inputs).
+    """
+    out = np.empty(len(queries))
+    t2 = (train**2).sum(axis=1)
+    for lo in range(0, len(queries), CHUNK):
+        q = queries[lo : lo + CHUNK]
+        d2 = (q**2).sum(axis=1)[:, None] + t2[None, :] - 2.0 * q @ train.T
+        if exclude_self:
+            d2[np.arange(len(q)), np.arange(lo, lo + len(q))] = np.inf
+        out[lo : lo + CHUNK] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+    return out
+
+
 def descriptor_distance(
     train: np.ndarray, test: np.ndarray, quantile: float
 ) -> tuple[np.ndarray, float]:
@@ -71,15 +99,9 @@ def descriptor_distance(
     mu, sd = train.mean(axis=0), train.std(axis=0)
     sd[sd == 0] = 1.0
     a, b = (train - mu) / sd, (test - mu) / sd
-
-    def nn(x: np.ndarray, y: np.ndarray, exclude_self: bool) -> np.ndarray:
-        d = np.sqrt(np.maximum(((x[:, None, :] - y[None, :, :]) ** 2).sum(-1), 0.0))
-        if exclude_self:
-            np.fill_diagonal(d, np.inf)
-        return d.min(axis=1)
-
-    threshold = float(np.quantile(nn(a, a, True), quantile)) if len(a) > 1 else math.inf
-    return nn(b, a, False), threshold
+    nn_train = nearest_distance(a, a, exclude_self=True)
+    threshold = float(np.quantile(nn_train, quantile)) if len(a) > 1 else math.inf
+    return nearest_distance(b, a), threshold
 
 
 def holdout_signals(

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from kappaflow.evaluation.domain import nearest_distance
+
 DOMAIN_FILE = "domain.json"
 EMBEDDINGS_FILE = "train_embeddings.npy"
-#: Query rows per distance block (bounds memory at CHUNK x n_train floats).
-CHUNK = 2048
 
 
 @cache
@@ -107,19 +107,6 @@ class DomainInfo:
         return (np.asarray(embeddings, dtype=np.float64) - self.center) / self.scale
 
 
-def _nearest(queries: np.ndarray, train: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-    """Euclidean distance of each query row to its nearest ``train`` row (blocked)."""
-    out = np.empty(len(queries))
-    t2 = (train**2).sum(axis=1)
-    for lo in range(0, len(queries), CHUNK):
-        q = queries[lo : lo + CHUNK]
-        d2 = (q**2).sum(axis=1)[:, None] + t2[None, :] - 2.0 * q @ train.T
-        if exclude_self:
-            d2[np.arange(len(q)), np.arange(lo, lo + len(q))] = np.inf
-        out[lo : lo + CHUNK] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
-    return out
-
-
 def fit_domain(
     embeddings: np.ndarray,
     numbers: Sequence[Sequence[int] | np.ndarray],
@@ -144,7 +131,7 @@ def fit_domain(
     scale = emb.std(axis=0)
     scale = np.where(scale > 1e-12, scale, 1.0)
     std = (emb - center) / scale
-    nn_dist = _nearest(std, std, exclude_self=True)
+    nn_dist = nearest_distance(std, std, exclude_self=True)
     elements = frozenset(int(z) for nums in numbers for z in np.asarray(nums).tolist())
     return DomainInfo(
         elements=elements,
@@ -172,7 +159,7 @@ def ood_flags(
         ``(in_domain [B] bool, reasons [B] ("" when in domain; otherwise every failed check,
         joined by "; "), distance [B] to the nearest training embedding)``.
     """
-    dist = _nearest(domain.standardize(embeddings), domain.train_embeddings)
+    dist = nearest_distance(domain.standardize(embeddings), domain.train_embeddings)
     in_domain = np.ones(len(dist), dtype=bool)
     reasons: list[str] = []
     for i, nums in enumerate(numbers):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from stage_testkit import TINY_PRETRAIN
+
 #: Crystal fixtures shared by tests/structure and tests/graphs.
 pytest_plugins = ["crystal_fixtures"]
 
@@ -61,20 +63,6 @@ def mlflow_db(_migrated_mlflow_db: Path, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("KAPPAFLOW_SWEEP_STORAGE", raising=False)
     return uri
-
-
-TINY_PRETRAIN = [
-    "pretrain.exclude_materials_of=[paraisite_d1]",
-    "pretrain.fraction=0.3",
-    "pretrain.trainer.max_epochs=2",
-    "pretrain.trainer.batch_size=64",
-    "+pretrain.runs.tiny={model: cgcnn, dataset: perov5_val, targets: [heat_ref, ind_gap]}",
-    "pretrain.runs.descriptor_mlp_sps.trainer.max_epochs=3",
-    "models.cgcnn.atom_fea_len=16",
-    "models.cgcnn.n_conv=1",
-    "models.cgcnn.h_fea_len=32",
-    "trainer.progress_bar=none",
-]
 
 
 @pytest.fixture()

@@ -7,6 +7,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from stage_testkit import prepare_tiny_pretrained
+
 
 def test_size_points_validate() -> None:
     from kappaflow.stages.pretrain_size import size_points
@@ -48,18 +50,10 @@ def test_with_strategy_composes_a_missing_recipe() -> None:
 @pytest.mark.slow
 def test_extrapolate_and_pretrain_size_stages(project) -> None:
     from kappaflow.stages.extrapolate import extrapolate_stage
-    from kappaflow.stages.featurize import featurize_stage
-    from kappaflow.stages.ingest import ingest_stage
-    from kappaflow.stages.prepare import prepare_stage
-    from kappaflow.stages.pretrain import pretrain_stage
     from kappaflow.stages.pretrain_size import pretrain_size_stage
 
     root, cfg = project
-    for name in ("perov5_val", "paraisite_d1"):
-        ingest_stage(cfg, name)
-        prepare_stage(cfg, name)
-        featurize_stage(cfg, name)
-    pretrain_stage(cfg, "tiny")
+    prepare_tiny_pretrained(cfg)
     cfg.transfer.strategies.finetune.pretrained = "tiny"
     cfg.evaluation.n_splits, cfg.evaluation.n_repeats = 2, 1
     cfg.evaluation.trainer = OmegaConf.create({"max_epochs": 1, "limit_train_batches": 2})

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import server_testkit as kit
 
+from stage_testkit import TINY_PRETRAIN, prepare_tiny_pretrained
+
 pytestmark = [
     pytest.mark.server,
     pytest.mark.browser,
@@ -32,16 +34,6 @@ pytestmark = [
 
 PREFIX = "kappaflow"
 STRATEGIES = ("scratch", "finetune")
-TINY = [  # as tests/conftest.py's TINY_PRETRAIN: a 2-epoch CGCNN on 30 % of perov5_val
-    "pretrain.fraction=0.3",
-    "pretrain.trainer.max_epochs=2",
-    "pretrain.trainer.batch_size=64",
-    "+pretrain.runs.tiny={model: cgcnn, dataset: perov5_val, targets: [heat_ref, ind_gap]}",
-    "models.cgcnn.atom_fea_len=16",
-    "models.cgcnn.n_conv=1",
-    "models.cgcnn.h_fea_len=32",
-    "trainer.progress_bar=none",
-]
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +64,7 @@ def logged(server: str, real_data_root: Path, tmp_path_factory: pytest.TempPathF
     from kappaflow.config import load_params
     from kappaflow.layout import project_root
     from kappaflow.stages.evaluate import evaluate_stage
-    from kappaflow.stages.featurize import featurize_stage
     from kappaflow.stages.finetune import finetune_stage
-    from kappaflow.stages.ingest import ingest_stage
-    from kappaflow.stages.prepare import prepare_stage
-    from kappaflow.stages.pretrain import pretrain_stage
 
     params = project_root() / "params.yaml"
     proj = tmp_path_factory.mktemp("project")
@@ -85,13 +73,8 @@ def logged(server: str, real_data_root: Path, tmp_path_factory: pytest.TempPathF
         mp.chdir(proj)
         mp.setenv("KAPPAFLOW_DATA_DIR", str(real_data_root))
         mp.setenv("MLFLOW_TRACKING_URI", server)
-        cfg = load_params(params, [f"paths.data_root={real_data_root}", *TINY])
-        for name in ("perov5_val", "paraisite_d1"):
-            ingest_stage(cfg, name)
-            prepare_stage(cfg, name)
-            featurize_stage(cfg, name)
-        cfg.pretrain.exclude_materials_of = ["paraisite_d1"]
-        pretrain_stage(cfg, "tiny")
+        cfg = load_params(params, [f"paths.data_root={real_data_root}", *TINY_PRETRAIN])
+        prepare_tiny_pretrained(cfg)
         cfg.transfer.strategies = {s: cfg.transfer.strategies[s] for s in STRATEGIES}
         cfg.transfer.strategies.finetune.pretrained = "tiny"
         cfg.evaluation.datasets = ["paraisite_d1"]

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stage_testkit import prepare_tiny_pretrained
+
 pytestmark = [pytest.mark.data, pytest.mark.integration, pytest.mark.slow]
 
 
@@ -17,21 +19,12 @@ def test_new_encoder_retrains_and_damaged_caches_are_caught(project, caplog):
 
     from kappaflow.io_utils import CorruptFileError
     from kappaflow.layout import graph_cache_path
-    from kappaflow.stages.featurize import featurize_stage
     from kappaflow.stages.finetune import finetune_stage
-    from kappaflow.stages.ingest import ingest_stage
-    from kappaflow.stages.prepare import prepare_stage
-    from kappaflow.stages.pretrain import pretrain_stage
     from kappaflow.training.export import load_model, save_model
     from kappaflow.transfer.fit_predict import fold_cache_dir
 
     root, cfg = project
-    for name in ("perov5_val", "paraisite_d1"):
-        ingest_stage(cfg, name)
-        prepare_stage(cfg, name)
-        featurize_stage(cfg, name)
-    cfg.pretrain.exclude_materials_of = ["paraisite_d1"]
-    pretrain_stage(cfg, "tiny")
+    prepare_tiny_pretrained(cfg)  # TINY_PRETRAIN excludes paraisite_d1 from pretraining
     cfg.transfer.strategies.finetune.pretrained = "tiny"
     cfg.evaluation.n_splits, cfg.evaluation.n_repeats = 2, 1
     cfg.evaluation.trainer = OmegaConf.create({"max_epochs": 1, "limit_train_batches": 4})

@@ -25,7 +25,7 @@ def test_candidate_is_the_best_transferred_strategy_with_fold_models(tiny_projec
     kit.write_candidate(root, "freeze", DS, 0.25)
     kit.write_candidate(root, "scratch", DS, 0.05)  # better, but not transfer learning
     features = root / "models/finetune/features" / DS
-    features.mkdir(parents=True)  # sklearn head: cv.json, no fold models
+    features.mkdir(parents=True)  # cv.json but no fold models (an incomplete finetune run)
     (features / "cv.json").write_text(json.dumps({"summary": {"log10_mae_mean": 0.01}}))
     running = kit.write_candidate(root, "two_stage", DS, 0.02)  # finetune still running:
     running[-1].unlink()  # fewer fold models than cv.json folds

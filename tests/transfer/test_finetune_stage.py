@@ -45,30 +45,29 @@ def test_every_strategy_then_the_report(project):
         folds = sorted(
             p.name for p in (root / f"models/finetune/{strategy}/paraisite_d1").glob("folds/*.pt")
         )
-        if strategy == "features":  # sklearn ridge on embeddings: nothing to export
-            assert folds == []
-        else:  # every fold model exported, loadable weights-only, predicting the saved κ
-            assert folds == ["repeat0-fold0.pt", "repeat0-fold1.pt"], strategy
+        # every fold model exported (features: frozen encoder + its sklearn ridge as arrays)
+        assert folds == ["repeat0-fold0.pt", "repeat0-fold1.pt"], strategy
 
-    # an exported fold model reproduces its out-of-fold predictions
+    # an exported fold model, loaded weights-only, reproduces its out-of-fold predictions
     from kappaflow.layout import graph_cache_path, kappa_table
     from kappaflow.training.export import load_model, predict
     from kappaflow.training.inputs import RowsView, load_model_inputs
 
-    model, transform, info = load_model(
-        root / "models/finetune/finetune/paraisite_d1/folds/repeat0-fold1.pt"
-    )
-    assert info["meta"]["fold"] == "repeat0-fold1"
     table, _ = kappa_table(cfg, "paraisite_d1")
-    preds = pd.read_csv(root / "models/finetune/finetune/paraisite_d1/predictions.csv")
-    fold = preds[(preds.repeat == 0) & (preds.fold == 1)]
-    rows = table.index[table.id.isin(fold.id)].to_numpy()
-    inputs = load_model_inputs(
-        cfg.models.cgcnn, table, ["kappa"], graph_cache_path(cfg, "paraisite_d1")
-    )
-    ids, kappa = predict(model, transform, RowsView(inputs.dataset, rows), 64)
-    expected = fold.set_index("id").loc[ids, "kappa_pred"].to_numpy()
-    assert kappa[:, 0] == pytest.approx(expected, rel=1e-4)
+    for strategy, card, cache in (
+        ("finetune", cfg.models.cgcnn, graph_cache_path(cfg, "paraisite_d1")),
+        ("features", cfg.models.descriptor_mlp, None),
+    ):
+        out = root / "models/finetune" / strategy / "paraisite_d1"
+        model, transform, info = load_model(out / "folds/repeat0-fold1.pt")
+        assert info["meta"]["fold"] == "repeat0-fold1"
+        preds = pd.read_csv(out / "predictions.csv")
+        fold = preds[(preds.repeat == 0) & (preds.fold == 1)]
+        rows = table.index[table.id.isin(fold.id)].to_numpy()
+        inputs = load_model_inputs(card, table, ["kappa"], cache)
+        ids, kappa = predict(model, transform, RowsView(inputs.dataset, rows), 64)
+        expected = fold.set_index("id").loc[ids, "kappa_pred"].to_numpy()
+        assert kappa[:, 0] == pytest.approx(expected, rel=1e-4), strategy
 
     # the non-κ section reads finetune_other's outputs (same layout); D1 stands in for them here
     cfg.evaluation.other_targets = ["paraisite_d1"]

@@ -1,8 +1,11 @@
 """A κ model ensemble (k-fold or multi-seed members): crystals in, log10 κ ± σ out.
 
 Members are one-file exports (:func:`kappaflow.training.export.save_model`, read with
-``torch.load(weights_only=True)``) of the same architecture, each predicting standardized
-log10 κ (κ in W/m/K). For every crystal the ensemble returns
+``torch.load(weights_only=True)``) of the same architecture and head type, each predicting
+standardized log10 κ (κ in W/m/K): the fold models of one transfer strategy. The ``features``
+strategy's members are its frozen encoder plus its scikit-learn regressor stored as arrays
+(:mod:`kappaflow.models.sklearn_head`; nothing is unpickled), whose output is log10 κ itself
+(identity standardization). For every crystal the ensemble returns
 
 * ``log10_kappa``: the mean over members of log10 κ (so κ = 10**log10_kappa is the geometric
   mean of the members' κ, W/m/K);
@@ -134,20 +137,26 @@ class KappaEnsemble:
         """Load members written by :func:`kappaflow.training.export.save_model`.
 
         Raises:
-            ValueError: members of different architectures (model cards other than docs).
+            ValueError: members of different architectures (model cards other than docs) or
+                head types (MLP vs scikit-learn ridge / random forest heads); a member file
+                that :func:`~kappaflow.training.export.load_model` refuses (not weights-only,
+                unsupported or tampered head).
         """
         from kappaflow.training.export import load_model
 
         if not paths:
             raise ValueError("no member files given")
-        members, transforms, cards = [], [], []
+        members, transforms, cards, heads = [], [], [], []
         for p in paths:
             model, tf, info = load_model(p, map_location="cpu")
             members.append(model)
             transforms.append(tf)
             cards.append({k: v for k, v in info["model_cfg"].items() if k != "description"})
+            heads.append(type(getattr(model, "head", None)).__name__)
         if any(c != cards[0] for c in cards[1:]):
             raise ValueError(f"ensemble members {list(map(str, paths))} differ in architecture")
+        if len(set(heads)) > 1:
+            raise ValueError(f"ensemble members {list(map(str, paths))} mix heads {heads}")
         return cls(members, transforms, cards[0], graph, device)
 
     def to(self, device: str | torch.device) -> KappaEnsemble:

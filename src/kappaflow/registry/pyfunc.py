@@ -15,7 +15,8 @@ artifact only, verify its digests and build it with the installed kappaflow
 Artifact ``ensemble/`` (see :func:`write_ensemble_dir`)::
 
     ensemble.json           format, member files, graph settings, σ definition, metadata
-    members/member-00.pt    one file per member (kappaflow.training.export format)
+    members/member-00.pt    one file per member (kappaflow.training.export format; a
+                            ``features`` member holds its scikit-learn head as arrays)
     domain.json             training elements, embedding statistics, OOD distance threshold
     train_embeddings.npy    standardized member-0 embeddings of the training materials
 

@@ -6,11 +6,11 @@ the dataset card; runs the repeated grouped k-fold
 (:func:`kappaflow.transfer.fit_predict.build_fit_predict`; models learn log10 κ, κ in W/m/K).
 
 Outputs, per strategy × dataset (``models/finetune/<strategy>/<dataset>/``): ``cv.json`` (per-fold
-and mean ± std metrics), ``predictions.csv`` (out-of-fold κ) and, for strategies trained by
-gradient descent, ``folds/repeat<r>-fold<f>.pt``: every fold's model as a one-file export
-(:func:`kappaflow.training.export.save_model`; the k-fold ensemble the registry serves, its
-held-out error being exactly this stage's CV error). A crashed stage resumes from the fold cache
-(:func:`kappaflow.transfer.fit_predict.fold_cache_dir`).
+and mean ± std metrics), ``predictions.csv`` (out-of-fold κ) and ``folds/repeat<r>-fold<f>.pt``:
+every fold's model as a one-file export (:func:`kappaflow.training.export.save_model`; for
+``features`` with a scikit-learn head, the frozen encoder + the regressor as arrays), the k-fold
+ensemble the registry serves, its held-out error being exactly this stage's CV error. A crashed
+stage resumes from the fold cache (:func:`kappaflow.transfer.fit_predict.fold_cache_dir`).
 """
 
 from __future__ import annotations

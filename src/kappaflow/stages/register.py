@@ -1,8 +1,9 @@
 """The ``register`` stage: the best transferred κ ensemble into the MLflow registry, gated.
 
 1. Candidate: among the transfer strategies of the config (``registry.exclude_strategies``,
-   default ``scratch``, are not transfer learning; strategies without exported fold models, such
-   as ``features`` with a scikit-learn head, are skipped), the one with the lowest
+   default ``scratch``, are not transfer learning; strategies without exported fold models are
+   skipped; ``features`` with a scikit-learn head exports its frozen encoder + regressor arrays,
+   :mod:`kappaflow.models.sklearn_head`, like any other), the one with the lowest
    ``<registry.metric>_mean`` (CV log10 MAE) in ``models/finetune/<strategy>/<dataset>/cv.json``
    for ``registry.dataset``; its ``folds/`` must hold one model per fold of cv.json (else the
    finetune run is incomplete or still running and the strategy is skipped). Its ensemble is

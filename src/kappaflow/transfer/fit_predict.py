@@ -164,7 +164,11 @@ def build_fit_predict(
             validation and test rows. A finished fold that does not load (truncated, wrong
             length, non-finite, bad zip CRC) is deleted and recomputed with a warning.
         export_dir: where to copy each fold's exported model as ``repeat<r>-fold<f>.pt`` (folds
-            numbered in call order, ``n_splits`` per repeat); None: no copies.
+            numbered in call order, ``n_splits`` per repeat); None: no copies. A scikit-learn
+            head (``features`` with ``ridge``/``random_forest``) is exported as the frozen
+            encoder plus the regressor as plain arrays
+            (:meth:`~kappaflow.transfer.strategies.EmbeddingRegressor.to_head`), predicting the
+            same κ as the in-fold regressor.
         log_curves: log every trained model's per-epoch curves to the MLflow run active while
             it trains (the ``finetune`` stage opens one child run per fold; two_stage's earlier
             stages train in the strategy run).
@@ -200,7 +204,7 @@ def build_fit_predict(
     )
 
     def export(exported: Path, name: str) -> None:
-        if export_dir is not None and not sklearn_head:
+        if export_dir is not None:
             export_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy2(exported, export_dir / name)
 
@@ -210,7 +214,7 @@ def build_fit_predict(
         exported = work / f"fold-{key}.pt"
         k = next(fold_no)
         name = f"repeat{k // n_splits}-fold{k % n_splits}.pt"
-        finished = _load_finished(done, None if sklearn_head else exported, len(test_idx))
+        finished = _load_finished(done, exported, len(test_idx))
         if finished is not None:  # finished before a crash (or by an identical recipe)
             export(exported, name)
             return finished
@@ -222,20 +226,24 @@ def build_fit_predict(
             model, over = prepare_model(s_cfg, model_cfg, pretrained, 1)
             if inputs.features is not None and needs_input_scaler(s_cfg):
                 model.encoder.fit_input_scaler(inputs.features[train_idx])
+        meta = {"strategy": strategy, "dataset": dataset, "fold": name[:-3], "seed": seed}
         if sklearn_head:
             emb = extract_embeddings(model, RowsView(inputs.dataset, np.arange(len(table))), batch)
             reg = EmbeddingRegressor.from_cfg(s_cfg, seed)
             reg.fit(emb[train_idx], table["kappa"].to_numpy()[train_idx])
             pred = reg.predict(emb[test_idx])
+            # frozen encoder + the regressor as arrays; identity standardization: log10 κ out
+            model.head = reg.to_head()
+            transform = TargetTransform([reg.transform], ["kappa"])
+            save_model(exported, model, transform, model_cfg, meta | {"regressor": reg.name})
         else:
             tcfg = fold_trainer_cfg(cfg, over, ev)
             module = _train(
                 model, inputs, train_idx, val_idx, tcfg, work / f"fold-{key}", log_curves
             )
             pred = _predict(module, inputs, test_idx, batch)
-            meta = {"strategy": strategy, "dataset": dataset, "fold": name[:-3], "seed": seed}
             save_model(exported, module.model, module.transform, model_cfg, meta)
-            export(exported, name)
+        export(exported, name)
         atomic_write(done, lambda tmp: _save_npy(tmp, pred))
         return pred
 
@@ -369,7 +377,7 @@ def _load_finished(done: Path, exported: Path | None, n_test: int) -> np.ndarray
     """Predictions of a finished fold, or None (not finished, or unusable: deleted, warned).
 
     Usable: ``done`` loads as a finite float vector of ``n_test`` κ values (W/m/K) and
-    ``exported`` (None for sklearn heads) is a complete zip archive whose CRC-32s match.
+    ``exported`` (None: not checked) is a complete zip archive whose CRC-32s match.
     """
     if not done.is_file() or (exported is not None and not exported.is_file()):
         return None

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kappaflow.config import to_plain
 from kappaflow.models.base import KappaModel
+from kappaflow.models.sklearn_head import ForestHead, RidgeHead, SklearnHead
 from kappaflow.training.defaults import OPTIM_DEFAULTS
 
 log = logging.getLogger(__name__)
@@ -600,3 +601,36 @@ class EmbeddingRegressor:
                 lo, hi = lo[0], hi[0]
             z = np.clip(z, lo - self.clip_margin, hi + self.clip_margin)
         return np.power(10.0, z) if self.transform == "log10" else z
+
+    def to_head(self) -> SklearnHead:
+        """Return the fitted regressor as a pickle-free torch head (for the fold export).
+
+        ``ridge`` -> :class:`~kappaflow.models.sklearn_head.RidgeHead` (scaler mean/scale,
+        coefficients, intercept); ``random_forest`` ->
+        :class:`~kappaflow.models.sklearn_head.ForestHead` (every tree's arrays). The clip range
+        is the training range ± ``clip_margin`` (±inf without clipping). On the same embeddings
+        the head's output is log10 of :meth:`predict` (κ in W/m/K) for ``log10``, :meth:`predict`
+        itself for ``none`` (to float64 round-off); see :mod:`kappaflow.models.sklearn_head` for
+        why arrays rather than a pickle or skops file.
+
+        Raises:
+            RuntimeError: called before :meth:`fit`.
+        """
+        if self.estimator is None or self._range is None or self.n_targets is None:
+            raise RuntimeError("EmbeddingRegressor.to_head before fit")
+        lo, hi = self._range
+        margin = np.inf if self.clip_margin is None else self.clip_margin
+        clip = {"clip_lo": lo - margin, "clip_hi": hi + margin, "transform": self.transform}
+        if self.name == "ridge":
+            scaler, ridge = self.estimator[0], self.estimator[-1]
+            dim = int(scaler.n_features_in_)
+            return RidgeHead(
+                mean=np.zeros(dim) if scaler.mean_ is None else scaler.mean_,
+                scale=np.ones(dim) if scaler.scale_ is None else scaler.scale_,
+                coef=np.reshape(ridge.coef_, (self.n_targets, dim)),
+                intercept=np.reshape(ridge.intercept_, (self.n_targets,)),
+                **clip,
+            )
+        forest = self.estimator
+        trees = [tree.tree_ for tree in forest.estimators_]
+        return ForestHead.from_trees(trees, int(forest.n_features_in_), **clip)

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Overrides of a tiny project: a 2-epoch, 16-wide CGCNN pretrained on 30 % of perov5_val.
+#: Overrides of a tiny project: a 2-epoch, 16-wide CGCNN pretrained on 30 % of perov5_val (run
+#: ``tiny``), and the same for a one-block MEGNet (run ``tiny_megnet``, for two_stage).
 TINY_PRETRAIN = [
     "pretrain.exclude_materials_of=[paraisite_d1]",
     "pretrain.fraction=0.3",
     "pretrain.trainer.max_epochs=2",
     "pretrain.trainer.batch_size=64",
     "+pretrain.runs.tiny={model: cgcnn, dataset: perov5_val, targets: [heat_ref, ind_gap]}",
+    "+pretrain.runs.tiny_megnet={model: megnet, dataset: perov5_val, targets: [heat_ref, ind_gap]}",
     "pretrain.runs.descriptor_mlp_sps.trainer.max_epochs=3",
     "models.cgcnn.atom_fea_len=16",
     "models.cgcnn.n_conv=1",
     "models.cgcnn.h_fea_len=32",
+    "models.megnet.n_gaussians=20",
+    "models.megnet.pre=[16, 8]",
+    "models.megnet.hidden=[16, 16]",
+    "models.megnet.n_blocks=1",
+    "models.megnet.set2set_hidden=4",
+    "models.megnet.set2set_steps=1",
     "trainer.progress_bar=none",
 ]
 

@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("__init__", "_lazy", "cards", "layout", "io_utils", "config", "logging_utils"),
     ("tracking",),
     ("structure",),
+    ("phonons",),
     ("data", "features"),
     ("graphs",),
     ("models",),

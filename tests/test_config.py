@@ -55,6 +55,52 @@ def test_one_transfer_strategy_alone():
     assert list(compose(["transfer=freeze"]).transfer.strategies) == ["freeze"]
 
 
+CONF = project_root() / "conf" / "transfer"
+
+
+def _runs_in_use(cfg) -> set[str]:
+    """Pretraining runs the composed config uses: its strategies' and its studies' runs.
+
+    The studies compose a strategy missing from ``transfer`` (``with_strategy``); pretrain_size
+    replaces its strategy's run by each of ``evaluation.pretrain_size.runs``.
+    """
+    from kappaflow.transfer.fit_predict import with_strategy
+
+    ev = cfg.evaluation
+    study = {*ev.other_target_strategies, *ev.extrapolation.methods, *ev.domain.methods}
+    names = set(cfg.transfer.strategies) | {m for m in study if (CONF / f"{m}.yaml").is_file()}
+    runs = {with_strategy(cfg, n).transfer.strategies[n].pretrained for n in names}
+    runs |= set(ev.pretrain_size.runs.values())
+    return runs - {None}
+
+
+@pytest.mark.parametrize(
+    "overrides", [[], ["transfer=freeze"], ["transfer=scratch"], ["transfer=[all,two_stage_cgcnn]"]]
+)
+def test_pretrain_runs_are_the_runs_in_use(overrides):
+    """pretrain.runs (the DVC foreach) holds exactly the runs a selected strategy or study uses."""
+    cfg = compose(overrides)
+    assert set(cfg.pretrain.runs) == _runs_in_use(cfg)
+
+
+def test_megnet_is_pretrained_only_for_two_stage():
+    """ParAIsite's MEGNet (two_stage) is the only user of the most expensive pretraining run."""
+    default = compose()
+    assert default.transfer.strategies.two_stage.pretrained == "megnet"
+    assert list(default.pretrain.runs) == [
+        "cgcnn",
+        "descriptor_mlp_sps",
+        "megnet",
+        "cgcnn_f10",
+        "cgcnn_f30",
+    ]
+    users = [s for s, node in default.transfer.strategies.items() if node.pretrained == "megnet"]
+    assert users == ["two_stage"]
+    for alone in ("freeze", "finetune", "scratch", "features", "two_stage_cgcnn"):
+        assert "megnet" not in compose([f"transfer={alone}"]).pretrain.runs, alone
+    assert "megnet" in compose(["transfer=two_stage"]).pretrain.runs
+
+
 def test_smoke_experiment_composes():
     cfg = compose(["+experiment=smoke"])
     assert cfg.pretrain.fraction <= 0.5 and cfg.evaluation.trainer.max_epochs <= 2
@@ -63,7 +109,13 @@ def test_smoke_experiment_composes():
 
 
 @pytest.mark.parametrize(
-    "overrides", [[], ["transfer=freeze"], ["+experiment=smoke", "transfer=freeze"]]
+    "overrides",
+    [
+        [],
+        ["transfer=freeze"],
+        ["+experiment=smoke", "transfer=freeze"],
+        ["transfer=[all,two_stage_cgcnn]"],
+    ],
 )
 def test_config_dump_equals_dvc_hydra_composition(tmp_path, overrides):
     """`dvc exp run -S <overrides>` writes exactly what `kappaflow config dump <overrides>` does.
@@ -83,3 +135,4 @@ def test_config_dump_equals_dvc_hydra_composition(tmp_path, overrides):
     assert ours == yaml.safe_load(out.read_text())
     if "transfer=freeze" in overrides:
         assert list(ours["transfer"]["strategies"]) == ["freeze"]  # one strategy alone
+        assert "megnet" not in ours["pretrain"]["runs"]  # DVC pretrains only the runs in use

@@ -28,9 +28,12 @@ def test_every_strategy_then_the_report(project):
         featurize_stage(cfg, name)
     cfg.pretrain.exclude_materials_of = ["paraisite_d1"]
     pretrain_stage(cfg, "tiny")
+    pretrain_stage(cfg, "tiny_megnet")
     pretrain_stage(cfg, "descriptor_mlp_sps")
-    for s in ("finetune", "freeze", "two_stage"):
+    for s in ("finetune", "freeze"):
         cfg.transfer.strategies[s].pretrained = "tiny"
+    assert cfg.transfer.strategies.two_stage.model == "megnet"  # ParAIsite: MEGNet -> AGL -> κ
+    cfg.transfer.strategies.two_stage.pretrained = "tiny_megnet"
     cfg.evaluation.datasets = ["paraisite_d1"]
     cfg.evaluation.n_splits, cfg.evaluation.n_repeats = 2, 1
     cfg.evaluation.baselines = ["median"]
@@ -56,11 +59,13 @@ def test_every_strategy_then_the_report(project):
     table, _ = kappa_table(cfg, "paraisite_d1")
     for strategy, card, cache in (
         ("finetune", cfg.models.cgcnn, graph_cache_path(cfg, "paraisite_d1")),
+        ("two_stage", cfg.models.megnet, graph_cache_path(cfg, "paraisite_d1")),
         ("features", cfg.models.descriptor_mlp, None),
     ):
         out = root / "models/finetune" / strategy / "paraisite_d1"
         model, transform, info = load_model(out / "folds/repeat0-fold1.pt")
         assert info["meta"]["fold"] == "repeat0-fold1"
+        assert info["model_cfg"]["name"] == card.name, strategy
         preds = pd.read_csv(out / "predictions.csv")
         fold = preds[(preds.repeat == 0) & (preds.fold == 1)]
         rows = table.index[table.id.isin(fold.id)].to_numpy()

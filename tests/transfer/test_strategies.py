@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch_geometric.data import Batch
 
 from kappaflow.layout import project_root
-from kappaflow.models import build_model
+from kappaflow.models import MEGNetEncoder, build_model
 from kappaflow.training.datamodule import GraphDataModule
 from kappaflow.training.export import save_model
 from kappaflow.training.module import KappaLightningModule
@@ -227,6 +227,7 @@ def test_two_stage_reads_stages_and_carries_encoder(
     pretrained: Path, pre_encoder: dict[str, torch.Tensor], graphs: list[Any]
 ) -> None:
     cfg = load_strategy("two_stage")
+    cfg.model, cfg.pretrained = "cgcnn", "cgcnn"  # the chain on the tiny CGCNN export
     assert cfg.stages[-1].dataset is None  # the last stage trains on the set under evaluation
     assert stage_plan(cfg)[-1].dataset == ""
     plan = stage_plan(cfg, target_dataset="paraisite_d2")
@@ -253,6 +254,61 @@ def test_two_stage_reads_stages_and_carries_encoder(
     )
     assert frozen.encoder_frozen and over["optim"]["encoder_lr_mult"] == 0.0
     assert same(encoder_state(frozen), enc1) and not same(head_state(frozen), head1)
+
+
+def test_two_stage_is_paraisite_megnet_chain(graphs: list[Any], tmp_path: Path) -> None:
+    """two_stage as ParAIsite: the MEGNet export's encoder -> stage A -> stage B, carried on."""
+    cfg = load_strategy("two_stage")
+    assert (cfg.model, cfg.pretrained) == ("megnet", "megnet")
+    card = dict(OmegaConf.to_container(OmegaConf.load(CONF.parent / "models" / "megnet.yaml")))
+    card |= {"n_gaussians": 10, "pre": [8, 4], "hidden": [8, 8], "n_blocks": 1}
+    card |= {"set2set_hidden": 4, "set2set_steps": 1, "head_hidden": [4]}
+    torch.manual_seed(0)
+    pre = build_model(card, 2)  # MP formation energy + band gap
+    with torch.no_grad():
+        for p in pre.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    transform = TargetTransform(["none", "none"], ["e_form", "band_gap"])
+    path = save_model(pretrained_model_path(tmp_path, "megnet"), pre, transform, card)
+    pre_state = encoder_state(pre)
+
+    plan = stage_plan(cfg, target_dataset="paraisite_d1")
+    model, over0 = prepare_model(cfg, card, path, 1)  # stage A: AFLOW AGL κ
+    assert isinstance(model.encoder, MEGNetEncoder) and model.n_targets == 1
+    assert same(encoder_state(model), pre_state)
+    assert over0["optim"]["encoder_lr_mult"] == plan[0].encoder_lr_mult
+    train_steps(model, graphs)
+    enc_a, head_a = encoder_state(model), head_state(model)
+    assert differing(enc_a, pre_state)
+
+    model_b, over1 = apply_stage(model, plan[1], 1)  # stage B: the high-quality κ set
+    assert same(encoder_state(model_b), enc_a) and same(head_state(model_b), head_a)
+    assert over1["optim"]["encoder_lr_mult"] == plan[1].encoder_lr_mult
+    with pytest.raises(ValueError, match="model card 'cgcnn'"):
+        prepare_model(cfg, CARD, path, 1)  # two_stage is configured for MEGNet
+
+
+def test_two_stage_cgcnn_is_the_same_chain() -> None:
+    """The CGCNN variant differs from two_stage only in its encoder and pretraining run."""
+    paper, variant = load_strategy("two_stage"), load_strategy("two_stage_cgcnn")
+    assert strategy_name(variant) == "two_stage"
+    assert (variant.model, variant.pretrained) == ("cgcnn", "cgcnn")
+    encoder_keys = ("model", "pretrained")
+    a, b = OmegaConf.to_container(paper), OmegaConf.to_container(variant)
+    assert {k: v for k, v in a.items() if k not in encoder_keys} == {
+        k: v for k, v in b.items() if k not in encoder_keys
+    }
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "all"))
+def test_strategy_file_composes_its_pretrain_run(name: str) -> None:
+    """Selecting a strategy composes the pretraining run it names, built from its model card."""
+    from kappaflow.config import compose
+
+    cfg = compose([f"transfer={name}"])
+    s_cfg = cfg.transfer.strategies[name]
+    if s_cfg.pretrained is not None:
+        assert cfg.pretrain.runs[s_cfg.pretrained].model == s_cfg.model
 
 
 # ---------------------------------------------------------------------------------- config + errors

@@ -121,7 +121,9 @@ def domain_stage(cfg: DictConfig) -> dict[str, Any]:
         "nearest-neighbour distances."
     ]
     metrics: dict[str, Any] = {}
-    with start_stage_run(cfg, "domain", run_name="domain", dvc_stage="domain") as run:
+    with start_stage_run(
+        cfg, "domain", run_name="domain", dvc_stage="domain", purpose="transfer"
+    ) as run:
         for dataset in dcfg.datasets:
             table, _ = kappa_table(cfg, dataset)
             for kind in dcfg.holdouts:

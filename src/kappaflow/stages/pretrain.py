@@ -2,10 +2,13 @@
 
 One run per entry of ``pretrain.runs`` (a DVC foreach): e.g. CGCNN and MEGNet on 75k Materials
 Project formation energies + band gaps (TL-CGCNN, ParAIsite), and the descriptor MLP on Ju et al.'s
-scattering phase space (log10 cm). Leakage control: materials of the κ sets named in
-``pretrain.exclude_materials_of`` are removed before splitting. The held-out test split (grouped
-by reduced formula) is never used for early stopping or selection; its metrics are reported next
-to a mean predictor fitted on the training split and the published numbers of the model card.
+scattering phase space (log10 cm). ``pretrain.runs`` holds only the runs in use: the selected
+transfer strategies and the studies each compose their run's recipe
+(``conf/pretrain/runs/<run>.yaml``), e.g. MEGNet only with ``two_stage``. Leakage control:
+materials of the κ sets named in ``pretrain.exclude_materials_of`` are removed before splitting.
+The held-out test split (grouped by reduced formula) is never used for early stopping or selection;
+its metrics are reported next to a mean predictor fitted on the training split and the published
+numbers of the model card.
 
 Outputs (paths relative to the project root)::
 

@@ -14,7 +14,14 @@ conductivity κ (W/m/K; every model learns standardized log10 κ):
   or ``mlp_head`` (the model's own head trained by the usual fit with the encoder frozen).
 * ``two_stage`` -- a chain of fine-tunings read from config (ParAIsite, Klochko et al.):
   pretrained -> dataset A (e.g. AFLOW AGL κ) -> dataset B (high-quality κ);
-  :func:`prepare_model` prepares stage 0, :func:`apply_stage` carries the encoder on.
+  :func:`prepare_model` prepares stage 0, :func:`apply_stage` carries the encoder on. The
+  encoder is the strategy's ``model`` card: ``conf/transfer/two_stage.yaml`` is the paper's
+  MEGNet pretrained on MP formation energy + band gap, ``two_stage_cgcnn.yaml`` the same chain
+  on CGCNN.
+
+A strategy's ``pretrained`` run (a key of ``pretrain.runs``) is composed into ``pretrain.runs``
+by its config file (``conf/pretrain/runs/<run>.yaml`` in its defaults list), so the ``pretrain``
+stage trains only the runs of the selected strategies and studies.
 
 Everything here is library code; training uses :func:`kappaflow.training.trainer.fit` with the
 trainer config merged with the returned overrides (:func:`merge_trainer_cfg`).
@@ -220,7 +227,9 @@ def load_pretrained(
     if not p.is_file():
         name = run or p.stem
         raise FileNotFoundError(
-            f"pretrained model {p} not found: it is produced by `dvc repro pretrain@{name}`"
+            f"pretrained model {p} not found: it is produced by `dvc repro pretrain@{name}` "
+            f"(a run of pretrain.runs only when a selected strategy or study includes "
+            f"conf/pretrain/runs/{name}.yaml in its defaults list)"
         )
     pre, _, info = load_model(p)
     diff = card_differences(model_cfg, info["model_cfg"])

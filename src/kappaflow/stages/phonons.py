@@ -1,0 +1,261 @@
+"""DVC stage ``phonons``: phonon descriptors from a universal potential, and whether they help.
+
+Reads ``phonons`` (potential, settings, datasets, study), the dataset cards, ``evaluation`` (the
+protocol's folds) and ``seed``.
+
+1. For every structure of ``phonons.datasets`` (prepared rows): the descriptors of
+   :mod:`kappaflow.phonons.descriptors` (cached per structure, both cores, progress bar with ETA).
+   A structure that cannot be computed keeps its row with the reason; flagged structures
+   (imaginary modes, unconverged relaxation, broken symmetry) keep their values and the flag.
+2. Study on ``phonons.study.datasets``: on the evaluation protocol's grouped folds (the folds of
+   ``finetune`` and ``evaluate``), a random forest on Magpie composition features alone
+   (the ``magpie_rf`` baseline), on Magpie + the descriptors, and on the descriptors alone;
+   log10-MAE, MAPE, Spearman, within 2×, the paired difference to the baseline fold by fold, and
+   the error per structure family.
+
+Outputs: ``data/phonons/tables/<dataset>.parquet`` (one row per prepared structure: ``id``,
+``formula``, descriptors, ``flags``, ``reason``...), ``data/phonons/cache/`` (persistent
+per-structure cache), ``reports/phonons.md``, ``metrics/headline/phonons.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from kappaflow.evaluation.paired import paired_comparison
+from kappaflow.evaluation.protocol import (
+    cross_validate,
+    dataset_evaluation,
+    magpie_rf_fit_predict,
+    protocol_settings,
+)
+from kappaflow.evaluation.report import write_report
+from kappaflow.features.composition import magpie_features
+from kappaflow.layout import interim_dir, kappa_table, load_prepared, project_root
+from kappaflow.phonons.batch import compute_descriptors
+from kappaflow.phonons.descriptors import DESCRIPTOR_COLUMNS, FLAGS, PhononSettings
+from kappaflow.phonons.potential import potential_card
+from kappaflow.stages.common import finish_study
+from kappaflow.structure.crystal import CrystalArrays
+from kappaflow.structure.families import structure_family
+from kappaflow.tracking import start_stage_run
+from kappaflow.tracking.names import dataset_alias
+
+log = logging.getLogger(__name__)
+
+#: Study methods: name -> which feature blocks the random forest sees.
+METHODS: dict[str, tuple[str, ...]] = {
+    "magpie_rf": ("magpie",),
+    "magpie_phonon_rf": ("magpie", "phonon"),
+    "phonon_rf": ("phonon",),
+}
+#: log10 of the "within 2×" factor.
+LOG10_2 = float(np.log10(2.0))
+
+
+def phonon_dir(cfg: DictConfig) -> Path:
+    """``data/phonons`` under the project root."""
+    return project_root() / "data" / "phonons"
+
+
+def descriptor_table(cfg: DictConfig, dataset: str, progress: bool = True) -> pd.DataFrame:
+    """Compute (or read from the cache) the descriptors of a dataset's prepared structures."""
+    pcfg = cfg.phonons
+    aliases = cfg.tracking.get("aliases")
+    table = load_prepared(interim_dir(cfg, dataset))
+    crystals = [
+        CrystalArrays.from_row(r.lattice, r.numbers, r.frac_coords)
+        for r in table.itertuples(index=False)
+    ]
+    settings = PhononSettings(**OmegaConf.to_container(pcfg.settings, resolve=True))
+    frame = compute_descriptors(
+        table.id.astype(str).tolist(),
+        crystals,
+        settings,
+        str(pcfg.potential),
+        phonon_dir(cfg) / "cache",
+        workers=int(pcfg.workers),
+        device=str(pcfg.device),
+        progress=progress,
+        desc=f"phonons {dataset_alias(dataset, aliases)}",
+    )
+    frame.insert(1, "formula", table.formula.astype(str).to_numpy())
+    return frame
+
+
+def phonon_features(descriptors: pd.DataFrame, ids: pd.Series) -> np.ndarray:
+    """Descriptor matrix aligned to ``ids`` (NaN where not computed; ``imaginary`` as 0/1).
+
+    Raises:
+        KeyError: an id has no descriptor row (the stage's dataset lists disagree).
+    """
+    indexed = descriptors.set_index("id")
+    missing = sorted(set(ids.astype(str)) - set(indexed.index))
+    if missing:
+        raise KeyError(f"{len(missing)} ids have no phonon descriptors, e.g. {missing[:3]}")
+    rows = indexed.loc[ids.astype(str)]
+    imaginary = rows.flags.str.contains("imaginary").to_numpy(dtype=np.float64)
+    return np.column_stack([rows[list(DESCRIPTOR_COLUMNS)].to_numpy(np.float64), imaginary])
+
+
+def _study(
+    cfg: DictConfig, dataset: str, descriptors: pd.DataFrame
+) -> tuple[dict[str, Any], list[str]]:
+    table, _ = kappa_table(cfg, dataset)
+    blocks = {
+        "magpie": np.asarray(magpie_features(table.formula.astype(str).tolist()), np.float64),
+        "phonon": phonon_features(descriptors, table.id),
+    }
+    settings = protocol_settings(dataset_evaluation(cfg.evaluation, dataset))
+    family_of = {
+        str(i): structure_family(str(f), int(s))
+        for i, f, s in zip(table.id, table.formula, table.spacegroup, strict=True)
+    }
+    records: dict[str, dict[str, Any]] = {}
+    rows, fam_rows = [], []
+    for method, parts in METHODS.items():
+        X = np.column_stack([blocks[p] for p in parts])
+        fit_predict = magpie_rf_fit_predict(
+            table, seed=int(cfg.seed), featurizer=lambda _f, X=X: X, n_jobs=2
+        )
+        result = cross_validate(table, fit_predict, **settings, progress=False)
+        records[method] = result.to_dict()
+        oof = result.predictions
+        err = np.abs(np.log10(oof.kappa_pred.to_numpy()) - np.log10(oof.kappa_true.to_numpy()))
+        s = result.summary
+        rows.append(
+            {
+                "method": method,
+                "log10_mae": s["log10_mae_mean"],
+                "log10_mae_std": s["log10_mae_std"],
+                "mape": s["mape_mean"],
+                "spearman": s["spearman_mean"],
+                "within_2x": float(np.mean(err <= LOG10_2)),
+            }
+        )
+        fam = oof.id.astype(str).map(family_of).to_numpy()
+        for family in sorted(set(fam)):
+            sel = fam == family
+            fam_rows.append(
+                {
+                    "method": method,
+                    "family": family,
+                    "n": int(sel.sum()),
+                    "log10_mae": float(err[sel].mean()),
+                }
+            )
+    metrics: dict[str, Any] = {r["method"]: {"log10_mae": r["log10_mae"]} for r in rows}
+    lines = [
+        f"## {dataset} ({len(table)} compounds, {settings['n_repeats']}×{settings['n_splits']} "
+        "grouped folds)",
+        "| method | log10-MAE (mean ± std over folds) | MAPE % | Spearman | within 2× |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['log10_mae']:.3f} ± {r['log10_mae_std']:.3f} | {r['mape']:.0f} | "
+        f"{r['spearman']:.3f} | {100 * r['within_2x']:.0f} % |"
+        for r in rows
+    ]
+    lines.append("")
+    for method in ("magpie_phonon_rf", "phonon_rf"):
+        cmp = paired_comparison(records[method], records["magpie_rf"])
+        metrics[method]["paired_diff"] = cmp.mean_diff
+        metrics[method]["paired_p"] = cmp.p_value
+        lines.append(f"* {method} − magpie_rf: {cmp.text()}")
+    fam = pd.DataFrame(fam_rows).pivot(index="family", columns="method", values="log10_mae")
+    counts = pd.DataFrame(fam_rows).drop_duplicates("family").set_index("family").n
+    lines += [
+        "",
+        "Out-of-fold log10-MAE per structure family (all repeats):",
+        "",
+        "| family | n | " + " | ".join(METHODS) + " |",
+        "|---|---|" + "---|" * len(METHODS),
+    ]
+    lines += [
+        f"| {f} | {counts[f]} | " + " | ".join(f"{fam.loc[f, m]:.3f}" for m in METHODS) + " |"
+        for f in fam.index
+    ]
+    return metrics, ["\n".join(lines)]
+
+
+def _coverage_section(frames: dict[str, pd.DataFrame]) -> str:
+    lines = [
+        "| dataset | structures | computed | imaginary | relax unconverged | symmetry changed "
+        "| not computed | s/structure (computed now) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset, f in frames.items():
+        ok = f.reason == ""
+        fresh = f.loc[ok & ~f.cached, "seconds"]
+        counts = [int(f.flags.str.contains(flag).sum()) for flag in FLAGS]
+        per = f"{fresh.mean():.1f}" if len(fresh) else "all cached"
+        lines.append(
+            f"| {dataset} | {len(f)} | {int(ok.sum())} | "
+            + " | ".join(map(str, counts))
+            + f" | {int((~ok).sum())} | {per} |"
+        )
+    reasons = pd.concat(frames.values()).query("reason != ''").reason.value_counts()
+    if len(reasons):
+        lines += ["", "Not computed:", *[f"* {n}× {r}" for r, n in reasons.items()]]
+    return "\n".join(lines)
+
+
+def phonons_stage(cfg: DictConfig) -> dict[str, Any]:
+    """Compute the descriptors of every configured dataset, then run the study."""
+    pcfg = cfg.phonons
+    root = project_root()
+    card = potential_card(str(pcfg.potential))
+    tables = phonon_dir(cfg) / "tables"
+    if tables.exists():
+        shutil.rmtree(tables)  # only this run's datasets (a DVC output folder)
+    tables.mkdir(parents=True)
+    study_sets = [str(d) for d in pcfg.study.datasets]
+    unknown = sorted(set(study_sets) - {str(d) for d in pcfg.datasets})
+    if unknown:
+        raise ValueError(f"phonons.study.datasets {unknown} are not in phonons.datasets")
+    metrics: dict[str, Any] = {}
+    aliases = cfg.tracking.get("aliases")
+    with start_stage_run(
+        cfg, "phonons", run_name="phonons", dvc_stage="phonons", purpose="transfer"
+    ) as run:
+        frames: dict[str, pd.DataFrame] = {}
+        for dataset in pcfg.datasets:
+            frame = descriptor_table(cfg, str(dataset))
+            frame.to_parquet(tables / f"{dataset}.parquet", index=False)
+            frames[str(dataset)] = frame
+            metrics[f"computed_{dataset_alias(str(dataset), aliases)}"] = float(
+                (frame.reason == "").mean()
+            )
+        sections = [
+            f"Potential: {card.name} ({card.package} {card.model}; trained on "
+            f"{card.training_data}; {card.reference}). Settings: "
+            f"{OmegaConf.to_container(pcfg.settings, resolve=True)}.",
+            _coverage_section(frames),
+        ]
+        for dataset in study_sets:
+            m, parts = _study(cfg, dataset, frames[dataset])
+            metrics[dataset_alias(dataset, aliases)] = m
+            sections += parts
+        report = write_report(
+            root / "reports" / "phonons.md", *sections, title="Phonon descriptors"
+        )
+        metrics_path = root / cfg.paths.metrics_dir / "headline" / "phonons.json"
+        finish_study(run, report, metrics_path, metrics, [], "phonons")
+    return metrics
+
+
+def main() -> None:
+    """Run the DVC stage ``phonons`` from the command line: ``pipelines/phonons.py``.
+
+    Usage: ``python pipelines/phonons.py [key=value ...]``.
+    """
+    from kappaflow.stages.common import run_stage
+
+    run_stage(phonons_stage)

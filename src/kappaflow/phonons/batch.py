@@ -106,7 +106,10 @@ def _compute_one(crystal: CrystalArrays, settings: PhononSettings) -> dict[str, 
 def _row(material_id: str, record: dict[str, Any], cached: bool) -> dict[str, Any]:
     values = record.get("values") or {}
     row: dict[str, Any] = {"id": material_id}
-    row.update({c: float(values.get(c, np.nan)) for c in DESCRIPTOR_COLUMNS})
+    # Strict JSON stores NaN as null.
+    row.update(
+        {c: np.nan if values.get(c) is None else float(values[c]) for c in DESCRIPTOR_COLUMNS}
+    )
     row["flags"] = ",".join(f for f in record.get("flags", []) if f in FLAGS)
     row["reason"] = record.get("reason") or ""
     row["n_primitive"] = int(record.get("n_primitive", 0))

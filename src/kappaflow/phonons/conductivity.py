@@ -21,9 +21,10 @@ down for a CPU budget:
    finite but means little.
 5. ``init_phph_interaction`` and ``run_thermal_conductivity`` in the single-mode relaxation-time
    approximation (RTA, tetrahedron method, no isotope or boundary scattering unless
-   ``isotope=True``) at ``temperature`` on a Γ-centred ``mesh × mesh × mesh`` q-point grid of the
-   primitive cell. κ = trace/3 of the tensor (W/m/K), the particle-like κ_P of the benchmark (no
-   Wigner coherence term, which is small for the simple crystals with high κ).
+   ``isotope=True``) at ``temperature`` on a Γ-centred q-point grid of the primitive cell
+   (``mesh_length``, or ``mesh`` points per axis). κ = trace/3 of the tensor (W/m/K): the
+   particle-like κ_P of the benchmark, without its Wigner coherence term (small for the simple
+   crystals with high κ, not for complex low-κ ones).
 
 Flags (:data:`KAPPA_FLAGS`, recorded, never dropped): ``imaginary``, ``relax_unconverged``
 (``relax_steps`` reached), ``symmetry_changed`` (space group at symprec 1e-3 differs after the
@@ -40,6 +41,7 @@ threads: ``OMP_NUM_THREADS``, ``RAYON_NUM_THREADS``).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,7 +79,11 @@ class KappaSettings:
         cutoff_pair_distance: phono3py's pair cutoff for the fc3 displacements (fewer
             displacements, fc3 zero beyond it); None = every pair.
         displacement: finite-displacement amplitude.
-        mesh: q-points per reciprocal axis of the primitive cell (Γ-centred) for the RTA.
+        mesh_length: q-point density of the RTA mesh (Å, phonopy's length mesh): about
+            ``mesh_length · |b_i|`` points along each reciprocal vector b_i of the primitive
+            cell (no 2π), Γ-centred. 35 Å gives 11×11×11 for Si and NaCl, 13×13×7 for GaN
+            and fewer points for bigger cells (whose many bands cost more per point).
+        mesh: q-points per reciprocal axis (``mesh³``); overrides ``mesh_length`` when set.
         temperature: temperature of κ.
         isotope: add scattering by the natural isotope mass variance (phono3py ``is_isotope``).
         relax: relax cell and positions first (symmetry kept).
@@ -92,7 +98,8 @@ class KappaSettings:
     max_fc2_atoms: int = 512
     cutoff_pair_distance: float | None = 4.0
     displacement: float = 0.03
-    mesh: int = 11
+    mesh_length: float = 35.0
+    mesh: int | None = None
     temperature: float = 300.0
     isotope: bool = False
     relax: bool = True
@@ -119,6 +126,7 @@ class KappaResult:
         n_fc3_atoms: atoms in the fc3 supercell.
         n_fc2_atoms: atoms in the fc2 supercell.
         n_primitive: atoms in the primitive cell phono3py found.
+        mesh: q-points along each reciprocal axis of the RTA mesh.
         min_freq_thz: lowest harmonic frequency on the q-mesh (THz; negative = imaginary).
         seconds: wall time.
     """
@@ -131,6 +139,7 @@ class KappaResult:
     n_fc3_atoms: int = 0
     n_fc2_atoms: int = 0
     n_primitive: int = 0
+    mesh: list[int] = field(default_factory=list)
     min_freq_thz: float = float("nan")
     seconds: float = 0.0
 
@@ -140,7 +149,7 @@ def _n_atoms(matrix: np.ndarray, n_cell: int) -> int:
 
 
 def _forces(supercells: list[Any], n_atoms: int, calculator: Any) -> tuple[np.ndarray, int]:
-    """Forces (eV/Å) of every displaced supercell; zeros for phono3py's skipped (None) ones."""
+    """Return forces (eV/Å) of every displaced supercell (zeros for the skipped, None, ones)."""
     from ase import Atoms
 
     forces, computed = [], 0
@@ -213,12 +222,15 @@ def phono3py_kappa(
         unit = PhonopyAtoms(
             numbers=atoms.numbers, cell=atoms.cell[:], scaled_positions=atoms.get_scaled_positions()
         )
-        ph3 = Phono3py(
-            unit,
-            supercell_matrix=fc3_matrix,
-            primitive_matrix="auto",
-            phonon_supercell_matrix=fc2_matrix,
-        )
+        with warnings.catch_warnings():
+            # phonopy >= 4 notes that "auto" is not v3's identity default: it is wanted here.
+            warnings.filterwarnings("ignore", message="primitive_matrix defaulted")
+            ph3 = Phono3py(
+                unit,
+                supercell_matrix=fc3_matrix,
+                primitive_matrix="auto",
+                phonon_supercell_matrix=fc2_matrix,
+            )
         ph3.generate_displacements(
             distance=settings.displacement, cutoff_pair_distance=settings.cutoff_pair_distance
         )
@@ -226,13 +238,17 @@ def phono3py_kappa(
         fc3_forces, n_disp3 = _forces(ph3.supercells_with_displacements, n_fc3, calculator)
         ph3.phonon_forces = fc2_forces
         ph3.forces = fc3_forces
-        ph3.produce_fc2(symmetrize_fc2=True)
-        ph3.produce_fc3(symmetrize_fc3r=True)
+        ph3.produce_fc2()
+        ph3.symmetrize_fc2()
+        ph3.produce_fc3()
+        ph3.symmetrize_fc3()
     except (RuntimeError, ValueError, FloatingPointError) as err:
         raise PhononError(f"potential or phonopy failed: {err}") from err
 
     try:
-        ph3.mesh_numbers = [settings.mesh] * 3
+        ph3.mesh_numbers = (
+            float(settings.mesh_length) if settings.mesh is None else [settings.mesh] * 3
+        )
         ph3.init_phph_interaction()
         ph3.run_phonon_solver()
         freqs, _, _ = ph3.get_phonon_data()
@@ -260,6 +276,7 @@ def phono3py_kappa(
         n_fc3_atoms=n_fc3,
         n_fc2_atoms=n_fc2,
         n_primitive=len(ph3.primitive),
+        mesh=[int(n) for n in ph3.mesh_numbers],
         min_freq_thz=min_freq,
         seconds=time.perf_counter() - start,
     )

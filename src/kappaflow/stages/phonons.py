@@ -41,6 +41,7 @@ from kappaflow.features.composition import magpie_features
 from kappaflow.io_utils import headline_metrics
 from kappaflow.layout import interim_dir, kappa_table, load_prepared, project_root
 from kappaflow.phonons.batch import compute_descriptors
+from kappaflow.phonons.conductivity import KAPPA_FLAGS, KappaSettings
 from kappaflow.phonons.descriptors import DESCRIPTOR_COLUMNS, FLAGS, PhononSettings
 from kappaflow.phonons.potential import potential_card
 from kappaflow.stages.common import finish_study
@@ -70,8 +71,22 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("magpie_phonon_et", "magpie_et"),
     ("phonon_et", "magpie_rf"),
 )
+#: With phono3py κ (``phonons.kappa.datasets``): the κ itself (no fit, the physics route's
+#: error against the labels on the same folds), κ as a feature, and Δ-learning (extra trees on
+#: Magpie + descriptors fitted to log10 κ − log10 κ_phono3py).
+KAPPA_METHODS: dict[str, tuple[tuple[str, ...], str]] = {
+    "phono3py": (("none",), "none"),
+    "magpie_phonon_kappa_et": (("magpie", "phonon", "kappa"), "et"),
+    "delta_phono3py_et": (("magpie", "phonon"), "delta"),
+}
+KAPPA_COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("phono3py", "magpie_rf"),
+    ("magpie_phonon_kappa_et", "magpie_rf"),
+    ("delta_phono3py_et", "magpie_rf"),
+    ("delta_phono3py_et", "magpie_et"),
+)
 #: Methods whose log10-MAE goes to the headline metrics (the rest: reports/phonons.md).
-HEADLINE = ("magpie_rf", "magpie_et", "magpie_phonon_et")
+HEADLINE = ("magpie_rf", "magpie_et", "magpie_phonon_et", "phono3py", "delta_phono3py_et")
 #: Descriptors that can be negative (kept linear); the others enter as log10.
 SIGNED_DESCRIPTORS = (
     "ph_gruneisen_thermal",
@@ -88,8 +103,17 @@ def phonon_dir(cfg: DictConfig) -> Path:
     return project_root() / "data" / "phonons"
 
 
-def descriptor_table(cfg: DictConfig, dataset: str, progress: bool = True) -> pd.DataFrame:
-    """Compute (or read from the cache) the descriptors of a dataset's prepared structures."""
+def descriptor_table(
+    cfg: DictConfig, dataset: str, progress: bool = True, kind: str = "descriptors"
+) -> pd.DataFrame:
+    """Compute (or read from the cache) the descriptors (or phono3py κ) of a dataset's structures.
+
+    Args:
+        cfg: full config (``phonons``, paths of the prepared sets).
+        dataset: dataset card name.
+        progress: progress bar with ETA.
+        kind: ``descriptors`` (``phonons.settings``) or ``kappa`` (``phonons.kappa.settings``).
+    """
     pcfg = cfg.phonons
     aliases = cfg.tracking.get("aliases")
     table = load_prepared(interim_dir(cfg, dataset))
@@ -97,17 +121,21 @@ def descriptor_table(cfg: DictConfig, dataset: str, progress: bool = True) -> pd
         CrystalArrays.from_row(r.lattice, r.numbers, r.frac_coords)
         for r in table.itertuples(index=False)
     ]
-    settings = PhononSettings(**OmegaConf.to_container(pcfg.settings, resolve=True))
+    if kind == "kappa":
+        settings: Any = KappaSettings(**OmegaConf.to_container(pcfg.kappa.settings, resolve=True))
+    else:
+        settings = PhononSettings(**OmegaConf.to_container(pcfg.settings, resolve=True))
     frame = compute_descriptors(
         table.id.astype(str).tolist(),
         crystals,
         settings,
         str(pcfg.potential),
         phonon_dir(cfg) / "cache",
+        kind=kind,
         workers=int(pcfg.workers),
         device=str(pcfg.device),
         progress=progress,
-        desc=f"phonons {dataset_alias(dataset, aliases)}",
+        desc=f"{'phono3py κ' if kind == 'kappa' else 'phonons'} {dataset_alias(dataset, aliases)}",
     )
     frame.insert(1, "formula", table.formula.astype(str).to_numpy())
     return frame
@@ -135,7 +163,20 @@ def phonon_features(descriptors: pd.DataFrame, ids: pd.Series) -> np.ndarray:
     return np.column_stack([*columns, imaginary])
 
 
-def _fit_predict(table: pd.DataFrame, X: np.ndarray, learner: str, seed: int) -> Any:
+def _fit_predict(
+    table: pd.DataFrame, X: np.ndarray, learner: str, seed: int, base: np.ndarray | None = None
+) -> Any:
+    """Return a ``fit_predict`` for :func:`cross_validate` (κ in W/m/K).
+
+    Args:
+        table: the dataset's rows (``kappa``).
+        X: features, one row per table row.
+        learner: ``rf`` (the baseline's forest), ``et`` (extra trees), ``delta`` (extra trees
+            fitted to log10 κ − ``base``, Δ-learning), ``none`` (predict 10**``base``, no fit).
+        seed: random state.
+        base: log10 κ of a physics model (phono3py) per row; NaN rows fall back to the median
+            of the training rows' finite values.
+    """
     if learner == "rf":
         return magpie_rf_fit_predict(table, seed=seed, featurizer=lambda _f: X, n_jobs=2)
     from sklearn.ensemble import ExtraTreesRegressor
@@ -144,25 +185,43 @@ def _fit_predict(table: pd.DataFrame, X: np.ndarray, learner: str, seed: int) ->
 
     log_kappa = np.log10(table.kappa.to_numpy(np.float64))
 
+    def filled(train: np.ndarray) -> np.ndarray:
+        assert base is not None
+        finite = base[train][np.isfinite(base[train])]
+        fallback = float(np.median(finite)) if len(finite) else float(np.median(log_kappa[train]))
+        return np.where(np.isfinite(base), base, fallback)
+
     def fit_predict(train: np.ndarray, _val: np.ndarray, test: np.ndarray) -> np.ndarray:
+        offset = filled(train) if learner in ("delta", "none") else np.zeros(len(table))
+        if learner == "none":
+            return np.power(10.0, offset[test])
         model = make_pipeline(
             SimpleImputer(strategy="median", keep_empty_features=True),
             ExtraTreesRegressor(500, max_features=0.5, random_state=seed, n_jobs=2),
         )
-        model.fit(X[train], log_kappa[train])
-        return np.power(10.0, model.predict(X[test]))
+        model.fit(X[train], log_kappa[train] - offset[train])
+        return np.power(10.0, model.predict(X[test]) + offset[test])
 
     return fit_predict
 
 
 def _study(
-    cfg: DictConfig, dataset: str, descriptors: pd.DataFrame
+    cfg: DictConfig, dataset: str, descriptors: pd.DataFrame, kappa: pd.DataFrame | None = None
 ) -> tuple[dict[str, Any], list[str]]:
     table, _ = kappa_table(cfg, dataset)
     blocks = {
         "magpie": np.asarray(magpie_features(table.formula.astype(str).tolist()), np.float64),
         "phonon": phonon_features(descriptors, table.id),
+        "none": np.zeros((len(table), 1)),
     }
+    methods, comparisons, base = dict(METHODS), list(COMPARISONS), None
+    if kappa is not None:
+        k = kappa.set_index("id").loc[table.id.astype(str), "ph3_kappa_w_mk"].to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            base = np.where(k > 0, np.log10(np.where(k > 0, k, 1.0)), np.nan)
+        blocks["kappa"] = base[:, None]
+        methods |= KAPPA_METHODS
+        comparisons += KAPPA_COMPARISONS
     settings = protocol_settings(dataset_evaluation(cfg.evaluation, dataset))
     family_of = {
         str(i): structure_family(str(f), int(s))
@@ -170,9 +229,9 @@ def _study(
     }
     records: dict[str, dict[str, Any]] = {}
     rows, fam_rows = [], []
-    for method, (parts, learner) in METHODS.items():
+    for method, (parts, learner) in methods.items():
         X = np.column_stack([blocks[p] for p in parts])
-        fit_predict = _fit_predict(table, X, learner, int(cfg.seed))
+        fit_predict = _fit_predict(table, X, learner, int(cfg.seed), base)
         result = cross_validate(table, fit_predict, **settings, progress=False)
         records[method] = result.to_dict()
         oof = result.predictions
@@ -214,7 +273,7 @@ def _study(
         for r in rows
     ]
     lines.append("")
-    for method, reference in COMPARISONS:
+    for method, reference in comparisons:
         cmp = paired_comparison(records[method], records[reference])
         lines.append(f"* {method} − {reference}: {cmp.text()}")
     fam = pd.DataFrame(fam_rows).pivot(index="family", columns="method", values="log10_mae")
@@ -223,27 +282,52 @@ def _study(
         "",
         "Out-of-fold log10-MAE per structure family (n compounds; errors of all repeats):",
         "",
-        "| family | n | " + " | ".join(METHODS) + " |",
-        "|---|---|" + "---|" * len(METHODS),
+        "| family | n | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
     ]
     lines += [
-        f"| {f} | {counts[f]} | " + " | ".join(f"{fam.loc[f, m]:.3f}" for m in METHODS) + " |"
+        f"| {f} | {counts[f]} | " + " | ".join(f"{fam.loc[f, m]:.3f}" for m in methods) + " |"
         for f in fam.index
     ]
     return metrics, ["\n".join(lines)]
 
 
-def _coverage_section(frames: dict[str, pd.DataFrame]) -> str:
+def _kappa_validation(cfg: DictConfig, kappas: dict[str, pd.DataFrame]) -> str:
+    """phono3py κ against each dataset's labels, every compound (no fit involved)."""
     lines = [
-        "| dataset | structures | computed | imaginary | relax unconverged | symmetry changed "
-        "| not computed | s/structure (computed now) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | compounds with κ | log10-MAE | within 2× | Spearman | median κ_phono3py / "
+        "label |",
+        "|---|---|---|---|---|---|",
+    ]
+    for dataset, frame in kappas.items():
+        table, _ = kappa_table(cfg, dataset)
+        k = frame.set_index("id").loc[table.id.astype(str), "ph3_kappa_w_mk"].to_numpy(float)
+        ok = np.isfinite(k) & (k > 0)
+        if not ok.any():
+            lines.append(f"| {dataset} | 0 | – | – | – | – |")
+            continue
+        ratio = np.log10(k[ok]) - np.log10(table.kappa.to_numpy(float)[ok])
+        rho = pd.Series(k[ok]).corr(pd.Series(table.kappa.to_numpy(float)[ok]), method="spearman")
+        lines.append(
+            f"| {dataset} | {int(ok.sum())}/{len(table)} | {np.abs(ratio).mean():.3f} | "
+            f"{100 * np.mean(np.abs(ratio) <= LOG10_2):.0f} % | {rho:.3f} | "
+            f"{10 ** np.median(ratio):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _coverage_section(frames: dict[str, pd.DataFrame], flags: tuple[str, ...] = FLAGS) -> str:
+    lines = [
+        "| dataset | structures | computed | "
+        + " | ".join(f.replace("_", " ") for f in flags)
+        + " | not computed | s/structure (1 core, when computed) |",
+        "|---|---|---|" + "---|" * len(flags) + "---|---|",
     ]
     for dataset, f in frames.items():
         ok = f.reason == ""
-        fresh = f.loc[ok & ~f.cached, "seconds"]
-        counts = [int(f["flags"].str.contains(flag).sum()) for flag in FLAGS]
-        per = f"{fresh.mean():.1f}" if len(fresh) else "all cached"
+        secs = f.loc[ok, "seconds"]
+        counts = [int(f["flags"].str.contains(flag).sum()) for flag in flags]
+        per = f"{secs.mean():.1f}" if len(secs) else "–"
         lines.append(
             f"| {dataset} | {len(f)} | {int(ok.sum())} | "
             + " | ".join(map(str, counts))
@@ -281,14 +365,27 @@ def phonons_stage(cfg: DictConfig) -> dict[str, Any]:
             metrics[f"computed_{dataset_alias(str(dataset), aliases)}"] = float(
                 (frame.reason == "").mean()
             )
+        kappas: dict[str, pd.DataFrame] = {}
+        for dataset in pcfg.kappa.datasets:
+            frame = descriptor_table(cfg, str(dataset), kind="kappa")
+            frame.to_parquet(tables / f"{dataset}_kappa.parquet", index=False)
+            kappas[str(dataset)] = frame
         sections = [
             f"Potential: {card.name} ({card.package} {card.model}; trained on "
             f"{card.training_data}; {card.reference}). Settings: "
             f"{OmegaConf.to_container(pcfg.settings, resolve=True)}.",
             _coverage_section(frames),
         ]
+        if kappas:
+            sections += [
+                "## phono3py κ from the potential",
+                "RTA at 300 K from the potential's second- and third-order force constants; "
+                f"settings {OmegaConf.to_container(pcfg.kappa.settings, resolve=True)}.",
+                _coverage_section(kappas, KAPPA_FLAGS),
+                _kappa_validation(cfg, kappas),
+            ]
         for dataset in study_sets:
-            m, parts = _study(cfg, dataset, frames[dataset])
+            m, parts = _study(cfg, dataset, frames[dataset], kappas.get(dataset))
             metrics[dataset_alias(dataset, aliases)] = m
             sections += parts
         report = write_report(

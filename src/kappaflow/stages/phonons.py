@@ -125,9 +125,16 @@ def descriptor_table(
         settings: Any = KappaSettings(**OmegaConf.to_container(pcfg.kappa.settings, resolve=True))
     else:
         settings = PhononSettings(**OmegaConf.to_container(pcfg.settings, resolve=True))
+    ids = table.id.astype(str).tolist()
+    keep = np.ones(len(table), dtype=bool)
+    families = pcfg.kappa.get("families") if kind == "kappa" else None
+    if families is not None:
+        pairs = zip(table.formula, table.spacegroup, strict=True)
+        family = np.array([structure_family(str(f), int(g)) for f, g in pairs])
+        keep = np.isin(family, [str(f) for f in families])
     frame = compute_descriptors(
-        table.id.astype(str).tolist(),
-        crystals,
+        [i for i, k in zip(ids, keep, strict=True) if k],
+        [c for c, k in zip(crystals, keep, strict=True) if k],
         settings,
         str(pcfg.potential),
         phonon_dir(cfg) / "cache",
@@ -137,6 +144,16 @@ def descriptor_table(
         progress=progress,
         desc=f"{'phono3py κ' if kind == 'kappa' else 'phonons'} {dataset_alias(dataset, aliases)}",
     )
+    if not keep.all():  # every structure keeps a row: the skipped ones say why
+        skipped = pd.DataFrame({"id": [i for i, k in zip(ids, keep, strict=True) if not k]})
+        skipped["reason"] = [
+            f"family {f} not in phonons.kappa.families (CPU budget)" for f in family[~keep]
+        ]
+        frame = pd.concat([frame, skipped], ignore_index=True)
+        frame = frame.set_index("id").loc[ids].reset_index()
+        frame["flags"] = frame["flags"].fillna("")
+        frame["cached"] = frame["cached"].fillna(False).astype(bool)
+        frame[["n_primitive", "seconds"]] = frame[["n_primitive", "seconds"]].fillna(0)
     frame.insert(1, "formula", table.formula.astype(str).to_numpy())
     return frame
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from kappa_testkit import CUTOFF, MAX_NEIGHBORS, split, tiny_graphs
+from registry_testkit import TINY_CGCNN as CARD  # the one tiny CGCNN card of the tests
 from torch_geometric.data import Batch
 
 from kappaflow.models import build_model
@@ -23,16 +24,6 @@ from kappaflow.training.export import SKLEARN_HEAD_FORMAT, load_model, predict, 
 from kappaflow.training.target_transform import TargetTransform
 from kappaflow.transfer import EmbeddingRegressor, extract_embeddings, prepare_model
 
-CARD: dict[str, Any] = {
-    "name": "cgcnn",
-    "atom_fea_len": 8,
-    "n_conv": 1,
-    "h_fea_len": 8,
-    "n_h": 1,
-    "cutoff": CUTOFF,
-    "max_neighbors": MAX_NEIGHBORS,
-    "head_dropout": 0.0,
-}
 N = 24
 PARAMS = {
     "ridge": {"alphas": [0.01, 1.0, 100.0]},

@@ -138,3 +138,7 @@ def test_repro_progress_line(monkeypatch):
     assert repro.estimate_left(["x", "y"], {"x": 10.0}, [20.0]) == "~30s left"
     line = repro.progress_line(1, 2, "prepare@a", 65.0, "~1m30s left")
     assert line == "[kappaflow repro] stage 1 of 2: prepare@a | elapsed 1m05s | ~1m30s left"
+    table = repro.stage_time_table([("prepare@a", 30.0), ("featurize@a", 60.0)], 100.0).splitlines()
+    assert table[2] == "| 1 | prepare@a | 30s | 30 % |"
+    assert table[3] == "| 2 | featurize@a | 1m00s | 60 % |"
+    assert table[-1] == "| | **total** (2 stages) | **1m40s** | |"

@@ -8,6 +8,12 @@ runs with its output passed through unchanged, and at each ``Running stage '<nam
 goes to stderr. The estimate sums each remaining stage's duration from earlier runs
 (``.cache/kappaflow/stage_seconds.json``, the last run of each stage name) and, for stages never
 timed, the mean of the stages timed in this run; ``~?`` until there is anything to go on.
+
+At the end it prints a wall-time table of the stages that ran (:func:`stage_time_table`), writes
+it to ``.cache/kappaflow/last_repro.md`` and, when the run succeeded and tracking is on, logs it
+as the artifact ``stage_times.md`` (plus ``repro_seconds`` and a per-stage
+``stage_seconds.<stage>`` metric) of a run named ``repro`` in the registry/screening experiment,
+the end of the pipeline.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ examples:
 RUNNING = re.compile(r"^Running stage '([^']+)'")
 CACHED = re.compile(r"^Stage '([^']+)' is cached")
 TIMES_FILE = Path(".cache/kappaflow/stage_seconds.json")
+TABLE_FILE = Path(".cache/kappaflow/last_repro.md")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -106,6 +113,49 @@ def progress_line(k: int, n: int, name: str, elapsed: float, left: str) -> str:
     )
 
 
+def stage_time_table(timed: list[tuple[str, float]], total: float) -> str:
+    """Markdown table of the stages run, in run order: stage, wall time, share of the total.
+
+    Args:
+        timed: ``(stage, seconds)`` per stage that ran.
+        total: wall time of the whole ``dvc repro`` (s), including DVC's own work between stages.
+    """
+    lines = ["| # | stage | wall time | share |", "|---|---|---|---|"]
+    for k, (name, seconds) in enumerate(timed, 1):
+        share = 100.0 * seconds / total if total > 0 else 0.0
+        lines.append(f"| {k} | {name} | {format_seconds(seconds)} | {share:.0f} % |")
+    lines.append(f"| | **total** ({len(timed)} stages) | **{format_seconds(total)}** | |")
+    return "\n".join(lines)
+
+
+def log_stage_times(table: str, timed: list[tuple[str, float]], total: float) -> str | None:
+    """Log the table and the times to a ``repro`` MLflow run; return its id (None: not logged).
+
+    Reads ``params.yaml`` for the tracking settings; any failure is reported, never raised (the
+    pipeline itself has already finished).
+    """
+    try:
+        import mlflow
+
+        from kappaflow.config import load_params
+        from kappaflow.tracking import start_stage_run
+
+        cfg = load_params()
+        with start_stage_run(cfg, "repro", run_name="repro", purpose="registry") as run:
+            if run is None:
+                return None
+            mlflow.log_text(table + "\n", "stage_times.md")
+            metrics = {"repro_seconds": total}
+            for name, seconds in timed:
+                key = "stage_seconds." + re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+                metrics[key] = seconds
+            mlflow.log_metrics(metrics)
+            return str(run.info.run_id)
+    except Exception as err:  # noqa: BLE001 - timing is a report, not part of the pipeline
+        print(f"[kappaflow repro] stage times not logged to MLflow: {err}", file=sys.stderr)
+        return None
+
+
 def repro_command(args: argparse.Namespace) -> int:
     """Run ``kappaflow repro``; returns ``dvc repro``'s exit status."""
     dvc_args = [a for a in args.dvc_args if a != "--"]
@@ -123,10 +173,13 @@ def repro_command(args: argparse.Namespace) -> int:
     ran: set[str] = set()
     k = 0
 
+    timed: list[tuple[str, float]] = []
+
     def finish(now: float) -> None:
         if current is not None:
             known[current[0]] = now - current[1]
             done.append(now - current[1])
+            timed.append((current[0], now - current[1]))
 
     proc = subprocess.Popen(
         ["dvc", "repro", *dvc_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -149,12 +202,21 @@ def repro_command(args: argparse.Namespace) -> int:
     rc = proc.wait()
     if rc == 0:
         finish(time.monotonic())
+    total = time.monotonic() - t0
     TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
     TIMES_FILE.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
     print(
-        f"[kappaflow repro] {k} stage(s) run in {format_seconds(time.monotonic() - t0)} "
+        f"[kappaflow repro] {k} stage(s) run in {format_seconds(total)} "
         f"(dvc repro exit status {rc})",
         file=sys.stderr,
         flush=True,
     )
+    if timed:
+        table = stage_time_table(timed, total)
+        TABLE_FILE.write_text(table + "\n")
+        print(table, file=sys.stderr, flush=True)
+        if rc == 0:
+            run_id = log_stage_times(table, timed, total)
+            if run_id:
+                print(f"[kappaflow repro] stage times: MLflow run {run_id}", file=sys.stderr)
     return rc

@@ -51,6 +51,7 @@ def test_one_transfer_strategy_alone():
         "freeze",
         "features",
         "two_stage",
+        "stack",
     ]
     assert list(compose(["transfer=freeze"]).transfer.strategies) == ["freeze"]
 

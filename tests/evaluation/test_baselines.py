@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from kappaflow.evaluation.baselines import (
+    MagpieExtraTrees,
     MagpieRandomForest,
     MeanPredictor,
     MedianPredictor,
@@ -51,6 +52,21 @@ def test_random_forest_on_features_is_seeded_and_learns() -> None:
     np.testing.assert_array_equal(again.predict(X[150:]), model.predict(X[150:]))
     assert np.all(model.predict(X) > 0)
     assert model.feature_importances_.argmax() == 0
+
+
+def test_extra_trees_baseline_is_seeded_learns_and_differs_from_the_forest() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    y = 10 ** (X[:, 0] + 0.1 * rng.normal(size=200))  # κ-like, W/m/K
+    et = MagpieExtraTrees("log10", n_estimators=50, random_state=3)
+    m = evaluate_baseline(et, X[:150], y[:150], X[150:], y[150:])
+    const = evaluate_baseline(MeanPredictor("log10"), X[:150], y[:150], X[150:], y[150:])
+    assert m["log10_mae"] < 0.5 * const["log10_mae"]
+    again = MagpieExtraTrees("log10", n_estimators=50, random_state=3).fit(X[:150], y[:150])
+    np.testing.assert_array_equal(again.predict(X[150:]), et.predict(X[150:]))
+    rf = MagpieRandomForest("log10", n_estimators=50, random_state=3).fit(X[:150], y[:150])
+    assert not np.array_equal(rf.predict(X[150:]), et.predict(X[150:]))
+    assert type(et.model_.regressor_).__name__ == "ExtraTreesRegressor"
 
 
 def test_random_forest_uses_featurizer_for_formulas() -> None:

@@ -20,7 +20,12 @@ def test_regression_metrics_hand_computed() -> None:
     # |10-1|/1 = 9, 0, |10-100|/100 = 0.9 -> mean 3.3 = 330 %
     assert m["mape"] == pytest.approx(330.0)
     assert m["mae"] == pytest.approx((9.0 + 0.0 + 90.0) / 3.0)
+    assert m["within_2x"] == pytest.approx(100.0 / 3.0)  # only 10 vs 10
     assert m["n"] == 3
+    # the factor-2 boundary counts as within; just beyond it does not
+    assert regression_metrics([1.0, 1.0, 1.0], [2.0, 0.5, 2.01])["within_2x"] == pytest.approx(
+        200.0 / 3.0
+    )
 
 
 def test_regression_metrics_perfect_and_rank() -> None:

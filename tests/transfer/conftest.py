@@ -15,3 +15,48 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+#: Crystals of the `graphs` fixture.
+N_TINY = 24
+
+
+@pytest.fixture(scope="module")
+def graphs() -> list:
+    """``N_TINY`` tiny in-code crystals with a synthetic κ (W/m/K)."""
+    from kappa_testkit import tiny_graphs
+
+    return tiny_graphs(N_TINY)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory, graphs: list):
+    """A frozen 'pretrained' tiny CGCNN (moved weights and batch-norm stats), as `features` has it.
+
+    Module-scoped: a test module may replace its head (each module gets its own copy).
+    """
+    import torch
+    from registry_testkit import TINY_CGCNN
+    from torch_geometric.data import Batch
+
+    from kappaflow.models import build_model
+    from kappaflow.training.export import save_model
+    from kappaflow.training.target_transform import TargetTransform
+    from kappaflow.transfer import prepare_model
+
+    torch.manual_seed(0)
+    pre = build_model(TINY_CGCNN, 2)
+    with torch.no_grad():
+        for p in pre.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        pre.train()
+        pre(Batch.from_data_list(graphs))
+    path = save_model(
+        tmp_path_factory.mktemp("pretrain") / "tiny.pt",
+        pre,
+        TargetTransform(["none", "none"], ["a", "b"]),
+        TINY_CGCNN,
+    )
+    strategy = {"name": "features", "pretrained": "tiny", "model": "cgcnn", "regressor": "ridge"}
+    model, _ = prepare_model(strategy, TINY_CGCNN, path, 1)
+    return model

@@ -10,9 +10,10 @@ import pytest
 pytestmark = [pytest.mark.data, pytest.mark.integration, pytest.mark.slow]
 
 
-def test_every_strategy_then_the_report(project):
+def test_every_strategy_then_the_report(project, monkeypatch):
     from omegaconf import OmegaConf
 
+    import kappaflow.transfer.fit_predict as fp
     from kappaflow.stages.evaluate import evaluate_stage
     from kappaflow.stages.featurize import featurize_stage
     from kappaflow.stages.finetune import finetune_stage
@@ -30,7 +31,7 @@ def test_every_strategy_then_the_report(project):
     pretrain_stage(cfg, "tiny")
     pretrain_stage(cfg, "tiny_megnet")
     pretrain_stage(cfg, "descriptor_mlp_sps")
-    for s in ("finetune", "freeze"):
+    for s in ("finetune", "freeze", "stack"):
         cfg.transfer.strategies[s].pretrained = "tiny"
     assert cfg.transfer.strategies.two_stage.model == "megnet"  # ParAIsite: MEGNet -> AGL -> κ
     cfg.transfer.strategies.two_stage.pretrained = "tiny_megnet"
@@ -39,6 +40,14 @@ def test_every_strategy_then_the_report(project):
     cfg.evaluation.baselines = ["median"]
     cfg.evaluation.trainer = OmegaConf.create({"max_epochs": 1, "limit_train_batches": 4})
 
+    stack_fits: list[set[str]] = []  # the material keys each fold's stack was fitted on
+
+    class SpyStack(fp.StackedRegressor):
+        def fit(self, embeddings, counts, kappa, groups):
+            stack_fits.append(set(map(str, groups)))
+            return super().fit(embeddings, counts, kappa, groups)
+
+    monkeypatch.setattr(fp, "StackedRegressor", SpyStack)
     for strategy in cfg.transfer.strategies:
         out = finetune_stage(cfg, strategy, "paraisite_d1")
         assert out["mlflow_run_id"]
@@ -61,6 +70,7 @@ def test_every_strategy_then_the_report(project):
         ("finetune", cfg.models.cgcnn, graph_cache_path(cfg, "paraisite_d1")),
         ("two_stage", cfg.models.megnet, graph_cache_path(cfg, "paraisite_d1")),
         ("features", cfg.models.descriptor_mlp, None),
+        ("stack", cfg.models.cgcnn, graph_cache_path(cfg, "paraisite_d1")),
     ):
         out = root / "models/finetune" / strategy / "paraisite_d1"
         model, transform, info = load_model(out / "folds/repeat0-fold1.pt")
@@ -73,6 +83,17 @@ def test_every_strategy_then_the_report(project):
         ids, kappa = predict(model, transform, RowsView(inputs.dataset, rows), 64)
         expected = fold.set_index("id").loc[ids, "kappa_pred"].to_numpy()
         assert kappa[:, 0] == pytest.approx(expected, rel=1e-4), strategy
+        if strategy == "stack":  # blend weights from inner folds of the training part, >= 0
+            from kappaflow.data.leakage import material_keys
+
+            keys = dict(zip(table.id.astype(str), material_keys(table), strict=True))
+            assert len(stack_fits) == 2  # one fit per fold, never on a test material
+            for k, fitted in enumerate(stack_fits):
+                test_ids = preds[(preds.repeat == 0) & (preds.fold == k)].id.astype(str)
+                assert fitted and not fitted & {keys[i] for i in test_ids}
+            stack = info["meta"]["stack"]
+            assert min(stack["weight_structure"], stack["weight_composition"]) >= 0
+            assert stack["inner_log10_mae_stack"] > 0
 
     # the non-κ section reads finetune_other's outputs (same layout); D1 stands in for them here
     cfg.evaluation.other_targets = ["paraisite_d1"]

@@ -13,48 +13,23 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from kappa_testkit import CUTOFF, MAX_NEIGHBORS, split, tiny_graphs
+from kappa_testkit import CUTOFF, MAX_NEIGHBORS, split
 from registry_testkit import TINY_CGCNN as CARD  # the one tiny CGCNN card of the tests
-from torch_geometric.data import Batch
 
 from kappaflow.models import build_model
 from kappaflow.models.sklearn_head import ForestHead, RidgeHead, UnsupportedHeadError
 from kappaflow.registry.ensemble import GraphSettings, KappaEnsemble
 from kappaflow.training.export import SKLEARN_HEAD_FORMAT, load_model, predict, save_model
 from kappaflow.training.target_transform import TargetTransform
-from kappaflow.transfer import EmbeddingRegressor, extract_embeddings, prepare_model
+from kappaflow.transfer import EmbeddingRegressor, extract_embeddings
 
-N = 24
+N = 24  # = conftest.N_TINY, the crystals of the `graphs` fixture
 PARAMS = {
     "ridge": {"alphas": [0.01, 1.0, 100.0]},
     "random_forest": {"n_estimators": 40, "min_samples_leaf": 2, "max_features": 0.33},
 }
 STRATEGY = {"name": "features", "pretrained": "tiny", "model": "cgcnn", "regressor_params": PARAMS}
-
-
-@pytest.fixture(scope="module")
-def graphs() -> list[Any]:
-    return tiny_graphs(N)
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory: pytest.TempPathFactory, graphs: list[Any]) -> torch.nn.Module:
-    """The features strategy's model: a 'pretrained' encoder (moved batch-norm stats), frozen."""
-    torch.manual_seed(0)
-    pre = build_model(CARD, 2)
-    with torch.no_grad():
-        for p in pre.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        pre.train()
-        pre(Batch.from_data_list(graphs))
-    path = save_model(
-        tmp_path_factory.mktemp("pretrain") / "tiny.pt",
-        pre,
-        TargetTransform(["none", "none"], ["a", "b"]),
-        CARD,
-    )
-    model, _ = prepare_model({**STRATEGY, "regressor": "ridge"}, CARD, path, 1)
-    return model
+# fixtures `graphs` (N tiny crystals) and `encoder` (a frozen "pretrained" CGCNN): conftest.py
 
 
 def fold_member(

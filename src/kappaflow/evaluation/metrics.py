@@ -22,9 +22,14 @@ from sklearn.metrics import (
 )
 
 #: Keys of :func:`regression_metrics`.
-KAPPA_METRICS = ("log10_mae", "log10_rmse", "log10_r2", "spearman", "mape", "mae", "n")
+KAPPA_METRICS = (
+    "log10_mae", "log10_rmse", "log10_r2", "spearman", "mape", "within_2x", "mae", "n"
+)  # fmt: skip
 #: Keys of :func:`basic_metrics`.
 BASIC_METRICS = ("mae", "rmse", "r2", "n")
+
+#: log10 of a factor 2 (decades): "within 2×" means |Δ log10 κ| <= this.
+LOG10_2 = float(np.log10(2.0))
 
 
 def _validate(
@@ -81,7 +86,8 @@ def regression_metrics(y_true_kappa: ArrayLike, y_pred_kappa: ArrayLike) -> dict
     Returns:
         ``log10_mae`` (mean |Δ log10 κ|, decades), ``log10_rmse``, ``log10_r2`` (R² of log10 κ;
         NaN for < 2 values), ``spearman`` (Spearman ρ; NaN for constant input or < 2 values),
-        ``mape`` (mean |Δκ|/κ_true in %), ``mae`` (W/m/K) and ``n`` (number of values).
+        ``mape`` (mean |Δκ|/κ_true in %), ``within_2x`` (% of predictions within a factor 2 of
+        the reference), ``mae`` (W/m/K) and ``n`` (number of values).
 
     Raises:
         ValueError: length/shape mismatch, empty input, NaN/inf or κ <= 0.
@@ -94,6 +100,7 @@ def regression_metrics(y_true_kappa: ArrayLike, y_pred_kappa: ArrayLike) -> dict
         "log10_r2": _r2(lt, lp),
         "spearman": _spearman(t, p),
         "mape": float(100.0 * mean_absolute_percentage_error(t, p)),
+        "within_2x": float(100.0 * np.mean(np.abs(lt - lp) <= LOG10_2)),
         "mae": float(mean_absolute_error(t, p)),
         "n": float(len(t)),
     }

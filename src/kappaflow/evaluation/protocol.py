@@ -311,6 +311,7 @@ def magpie_rf_fit_predict(
     n_estimators: int = 500,
     n_jobs: int | None = None,
     featurizer: Callable[[Sequence[str]], np.ndarray] | None = None,
+    learner: str = "random_forest",
 ) -> FitPredict:
     """Return a ``fit_predict`` for a random forest on Magpie features, fitted on log10 κ.
 
@@ -325,11 +326,18 @@ def magpie_rf_fit_predict(
         n_estimators: trees per forest.
         n_jobs: sklearn parallel jobs (None = 1).
         featurizer: formulas -> [N, F] features; defaults to Magpie (matminer).
+        learner: ``random_forest`` (:class:`~kappaflow.evaluation.baselines.MagpieRandomForest`)
+            or ``extra_trees`` (:class:`~kappaflow.evaluation.baselines.MagpieExtraTrees`).
 
     Returns:
         Callable for :func:`cross_validate`; predictions are κ in W/m/K.
     """
-    from kappaflow.evaluation.baselines import MagpieRandomForest
+    from kappaflow.evaluation.baselines import MagpieExtraTrees, MagpieRandomForest
+
+    learners = {"random_forest": MagpieRandomForest, "extra_trees": MagpieExtraTrees}
+    if learner not in learners:
+        raise ValueError(f"unknown Magpie learner {learner!r}; choose from {sorted(learners)}")
+    model_cls = learners[learner]
 
     kappa = table[kappa_column].to_numpy(dtype=np.float64)
     formulas = table["formula"].astype(str).tolist()
@@ -348,17 +356,23 @@ def magpie_rf_fit_predict(
     def fit_predict(train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
         X = features()
         rows = _fit_rows(train_idx, val_idx, include_val)
-        model = MagpieRandomForest(
-            "log10", n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs
-        ).fit(X[rows], kappa[rows])
+        model = model_cls("log10", n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs).fit(
+            X[rows], kappa[rows]
+        )
         return model.predict(X[test_idx])
 
     return fit_predict
 
 
+def magpie_et_fit_predict(table: pd.DataFrame, seed: int = 0, **kwargs: Any) -> FitPredict:
+    """:func:`magpie_rf_fit_predict` with extremely randomized trees (``learner="extra_trees"``)."""
+    return magpie_rf_fit_predict(table, seed, learner="extra_trees", **kwargs)
+
+
 BASELINES: Mapping[str, Callable[..., FitPredict]] = {
     "median": median_fit_predict,
     "magpie_rf": magpie_rf_fit_predict,
+    "magpie_et": magpie_et_fit_predict,
 }
 
 

@@ -32,6 +32,7 @@ METRIC_FORMATS: dict[str, tuple[str, float, int, str]] = {
     "log10_rmse": ("log10-RMSE", 1.0, 3, ""),
     "spearman": ("Spearman", 1.0, 2, ""),
     "mae": ("MAE", 1.0, 2, " W/m/K"),
+    "within_2x": ("within 2×", 1.0, 0, " %"),
 }
 EMPTY_CELL = "—"
 

@@ -56,6 +56,16 @@ def _element_table() -> np.ndarray:
     return table
 
 
+def magpie_element_table() -> np.ndarray:
+    """Copy of matminer's Magpie element data, ``[MAGPIE_MAX_Z + 1, 22]`` float64.
+
+    Row ``Z`` holds the 22 elemental properties of :func:`magpie_feature_names` (in that
+    order); row 0 is unused (NaN). :mod:`kappaflow.models.stack_head` stores it with a model,
+    so a served model computes the same features from a crystal's atoms without matminer.
+    """
+    return _element_table().copy()
+
+
 def _check_extras(extras: Sequence[str]) -> tuple[str, ...]:
     unknown = sorted(set(extras) - set(EXTRAS))
     if unknown:

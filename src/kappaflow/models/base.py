@@ -17,6 +17,10 @@ InputKind = Literal["graph", "composition"]
 REBUILD_GRAPHS = "dvc repro featurize"
 
 
+#: Rows of a per-crystal element-count matrix: atomic numbers 0..118 (row 0 unused).
+N_ELEMENT_ROWS = 119
+
+
 class GraphMismatchError(ValueError):
     """A graph cache (or graph settings) built differently from what the model card needs."""
 
@@ -35,6 +39,34 @@ def graph_index(batch: Any) -> tuple[torch.Tensor, int]:
         return torch.zeros(batch.num_nodes, dtype=torch.long, device=batch.z.device), 1
     n_graphs = getattr(batch, "num_graphs", None)
     return index, int(n_graphs) if n_graphs is not None else int(index.max()) + 1
+
+
+def element_counts(batch: Any) -> torch.Tensor:
+    """Atoms of each element in each crystal of a graph batch (the cell's composition).
+
+    Args:
+        batch: a PyG ``Batch`` or single ``Data`` of crystal graphs (atomic numbers ``z``).
+
+    Returns:
+        ``[n_graphs, N_ELEMENT_ROWS]`` float64 counts (column ``Z``: atoms with atomic number Z).
+
+    Raises:
+        ValueError: the batch has no atomic numbers (a composition-vector batch) or an atomic
+            number outside 1..118.
+    """
+    z = getattr(batch, "z", None)
+    if z is None:
+        raise ValueError(
+            "element counts need crystal graphs with atomic numbers `z`; this batch has none "
+            "(a composition head stacks only on graph encoders)"
+        )
+    z = z.long()
+    if z.numel() and (int(z.min()) < 1 or int(z.max()) >= N_ELEMENT_ROWS):
+        raise ValueError(f"atomic numbers outside 1..{N_ELEMENT_ROWS - 1}")
+    index, n_graphs = graph_index(batch)
+    counts = torch.zeros(n_graphs, N_ELEMENT_ROWS, dtype=torch.float64, device=z.device)
+    counts.index_put_((index, z), torch.ones_like(z, dtype=torch.float64), accumulate=True)
+    return counts
 
 
 class Encoder(nn.Module):
@@ -171,9 +203,20 @@ class KappaModel(nn.Module):
         """Per-graph embedding ``[B, embed_dim]``."""
         return self.encoder(batch)
 
+    def head_forward(self, embedding: torch.Tensor, batch: Any) -> torch.Tensor:
+        """Apply the head to a batch's embedding ``[B, embed_dim]`` (see :meth:`forward`).
+
+        A head with ``reads_composition`` (the stacked head of
+        :mod:`kappaflow.models.stack_head`) also gets the crystals' element counts
+        (:func:`element_counts`).
+        """
+        if getattr(self.head, "reads_composition", False):
+            return self.head(embedding, element_counts(batch))
+        return self.head(embedding)
+
     def forward(self, batch: Any) -> torch.Tensor:
         """Predictions ``[B, n_targets]`` in standardized transformed target space."""
-        return self.head(self.encode(batch))
+        return self.head_forward(self.encode(batch), batch)
 
     def _trainable_encoder_modules(self, unfreeze_last_k: int) -> list[nn.Module]:
         if unfreeze_last_k == 0:

@@ -379,9 +379,14 @@ def head_from_state(state: Mapping[str, Any] | Any) -> SklearnHead:
         got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
         raise UnsupportedHeadError(f"not a {HEAD_FORMAT} head (format {got!r})")
     kind = state.get("kind")
+    if kind == "stack":  # a blend of two of the heads below (kappaflow.models.stack_head)
+        from kappaflow.models.stack_head import stack_head_from_state
+
+        return stack_head_from_state(state, head_from_state)
     if kind not in HEADS:
         raise UnsupportedHeadError(
-            f"unsupported scikit-learn head kind {kind!r}; this kappaflow rebuilds {sorted(HEADS)}"
+            f"unsupported scikit-learn head kind {kind!r}; this kappaflow rebuilds "
+            f"{[*sorted(HEADS), 'stack']}"
         )
     cls = HEADS[str(kind)]
     tensors = state.get("tensors")

@@ -209,7 +209,7 @@ class KappaEnsemble:
             emb = model.encode(batch)
             if k == 0:
                 embedding = emb.float().cpu().numpy()
-            z = model.head(emb).float()
+            z = model.head_forward(emb, batch).float()
             logs.append(tf.unstandardize(z)[:, 0].double().cpu().numpy())
         members = np.stack(logs, axis=1)
         sigma = members.std(axis=1, ddof=1) if self.n_members > 1 else np.full(n, np.nan)

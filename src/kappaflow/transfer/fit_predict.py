@@ -59,6 +59,7 @@ from kappaflow.training.mlflow_logger import MlflowEpochLogger
 from kappaflow.training.module import KappaLightningModule
 from kappaflow.training.target_transform import TargetTransform
 from kappaflow.training.trainer import fit
+from kappaflow.transfer.stacking import StackedRegressor, element_count_matrix, uses_stacking
 from kappaflow.transfer.strategies import (
     EmbeddingRegressor,
     apply_stage,
@@ -191,6 +192,13 @@ def build_fit_predict(
     batch = int(base_trainer.get("eval_batch_size") or base_trainer.batch_size)
     n_splits = int(protocol_settings(ev)["n_splits"])
     sklearn_head = uses_sklearn_regressor(s_cfg)
+    stacked = uses_stacking(s_cfg)
+    if stacked and input_kind(model_cfg) != "graph":
+        raise ValueError(
+            f"strategy {strategy!r} stacks on the crystal graph's composition: its model "
+            f"{s_cfg.model!r} must be a graph model (cgcnn, megnet)"
+        )
+    groups = material_keys(table, ev.get("group_level", "formula")).to_numpy()  # as the folds
     if export_dir is not None and export_dir.exists():
         shutil.rmtree(export_dir)
     fold_no = iter(range(10**9))
@@ -227,7 +235,20 @@ def build_fit_predict(
             if inputs.features is not None and needs_input_scaler(s_cfg):
                 model.encoder.fit_input_scaler(inputs.features[train_idx])
         meta = {"strategy": strategy, "dataset": dataset, "fold": name[:-3], "seed": seed}
-        if sklearn_head:
+        if stacked:
+            every = RowsView(inputs.dataset, np.arange(len(table)))
+            emb = extract_embeddings(model, every, batch)
+            counts = element_count_matrix(every, batch)
+            # the rows the baselines fit on (protocol: train_idx; val_idx is for early stopping)
+            rows = np.asarray(train_idx)
+            stack = StackedRegressor.from_cfg(s_cfg, seed).fit(
+                emb[rows], counts[rows], table["kappa"].to_numpy()[rows], groups[rows]
+            )
+            pred = stack.predict(emb[test_idx], counts[test_idx])
+            model.head = stack.to_head()
+            transform = TargetTransform(["log10"], ["kappa"])
+            save_model(exported, model, transform, model_cfg, meta | {"stack": stack.describe()})
+        elif sklearn_head:
             emb = extract_embeddings(model, RowsView(inputs.dataset, np.arange(len(table))), batch)
             reg = EmbeddingRegressor.from_cfg(s_cfg, seed)
             reg.fit(emb[train_idx], table["kappa"].to_numpy()[train_idx])

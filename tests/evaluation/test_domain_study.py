@@ -57,3 +57,32 @@ def test_held_out_family_fixture_the_flag_fires():
     assert sig.descriptor_distance.all()
     assert combine(sig, ["unseen_family"]).all()
     assert group_labels(TABLE, "anion").tolist() == ["Cl", "Cl", "Br", "As", "P", "O", "N"]
+
+
+def test_error_model_learns_where_the_training_rows_were_hard():
+    """Rows like the training rows that were predicted badly get a high predicted error."""
+    from kappaflow.evaluation.domain import ERROR_MODEL_THRESHOLD, error_model
+
+    rng = np.random.default_rng(0)
+    n = 200
+    x = rng.uniform(0, 1, size=(n, 2))
+    # smooth where x0 < 0.5 (easy), pure noise of ±1 decade where x0 > 0.5 (hard)
+    logk = np.where(x[:, 0] < 0.5, 1.0 + x[:, 1], rng.normal(1.0, 1.0, size=n))
+    groups = np.array([f"m{i}" for i in range(n)])
+    train, test = np.arange(0, 150), np.arange(150, n)
+    pred = error_model(x, logk, groups, train, test, seed=0)
+    easy, hard = x[test, 0] < 0.5, x[test, 0] > 0.5
+    assert pred[hard].mean() > ERROR_MODEL_THRESHOLD > pred[easy].mean()
+    assert pred.shape == (len(test),) and (pred >= 0).all()
+    # with a single material in the training part there is nothing to learn from
+    assert (error_model(x, logk, np.zeros(n), train, test) == 0).all()
+
+
+def test_signals_with_groups_add_the_error_model():
+    families = group_labels(TABLE, "family")
+    test = np.flatnonzero(families == "wurtzite")
+    train = np.flatnonzero(families != "wurtzite")
+    features = np.arange(len(TABLE), dtype=float)[:, None]
+    sig = holdout_signals(TABLE, train, test, features, 0.95, TABLE.formula.to_numpy(), seed=0)
+    assert {"error_model", "predicted_error"} <= set(sig.columns)
+    assert sig.error_model.dtype == bool and (sig.predicted_error >= 0).all()

@@ -11,10 +11,13 @@ each candidate signal is scored against the actual errors:
 * ``false_reject`` = fraction of hits it flags (target ≤ 20 %).
 
 Signals need nothing but the training set and the crystal: elements unseen in training, a
-structure family unseen in training, and the distance to the nearest training compound in
+structure family unseen in training, the distance to the nearest training compound in
 standardized Magpie descriptor space above the ``quantile`` of the training set's own
 nearest-neighbour distances (a per-model embedding distance is the registered flag's other
-signal, :mod:`kappaflow.registry.domain`).
+signal, :mod:`kappaflow.registry.domain`), and an *error model* (:func:`error_model`): extremely
+randomized trees that learn, from the training rows' own out-of-fold errors (grouped inner folds
+of a Magpie extra-trees κ model), how far off a prediction for such a composition tends to be;
+it flags a row whose predicted |Δ log10 κ| exceeds log10 2 (i.e. "probably not within 2×").
 """
 
 from __future__ import annotations
@@ -104,12 +107,62 @@ def descriptor_distance(
     return nearest_distance(b, a), threshold
 
 
+#: The error model flags a row whose predicted |Δ log10 κ| is above this (decades): 2×.
+ERROR_MODEL_THRESHOLD = math.log10(2.0)
+
+
+def error_model(
+    features: np.ndarray,
+    log10_kappa: np.ndarray,
+    groups: np.ndarray,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    seed: int = 0,
+    inner_folds: int = 5,
+) -> np.ndarray:
+    """Predicted |Δ log10 κ| of the held-out rows, learned from the training rows' own errors.
+
+    On the training rows only: grouped ``inner_folds``-fold out-of-fold predictions of a Magpie
+    extra-trees κ model give each row's |Δ log10 κ|; extra trees fitted to those errors
+    (features → error) predict the error of each held-out row.
+
+    Args:
+        features: descriptor per row (e.g. Magpie), [N, F].
+        log10_kappa: log10 κ per row (κ in W/m/K), [N].
+        groups: material key per row (inner folds never split a material).
+        train_idx: rows the model was trained on.
+        test_idx: held-out rows.
+        seed: random state of the folds and trees.
+        inner_folds: inner folds (fewer when there are fewer materials).
+
+    Returns:
+        [len(test_idx)] predicted |Δ log10 κ| (decades); zeros when the training part has fewer
+        than 2 materials.
+    """
+    from sklearn.ensemble import ExtraTreesRegressor
+    from sklearn.model_selection import GroupKFold
+
+    X, y, g = features[train_idx], log10_kappa[train_idx], np.asarray(groups)[train_idx]
+    k = min(inner_folds, len(np.unique(g)))
+    if k < 2:
+        return np.zeros(len(test_idx))
+    oof = np.empty(len(y))
+    for tr, va in GroupKFold(k, shuffle=True, random_state=seed).split(X, groups=g):
+        model = ExtraTreesRegressor(200, max_features=0.5, random_state=seed, n_jobs=1)
+        oof[va] = model.fit(X[tr], y[tr]).predict(X[va])
+    errors = ExtraTreesRegressor(200, max_features=0.5, min_samples_leaf=3, random_state=seed)
+    errors.fit(X, np.abs(oof - y))
+    return np.asarray(errors.predict(features[test_idx]), dtype=np.float64)
+
+
 def holdout_signals(
     table: pd.DataFrame,
     train_idx: np.ndarray,
     test_idx: np.ndarray,
     features: np.ndarray,
     quantile: float,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Signals for the held-out rows given what the model was trained on.
 
@@ -119,17 +172,22 @@ def holdout_signals(
         test_idx: held-out rows.
         features: descriptor per row of ``table`` (e.g. Magpie).
         quantile: descriptor-distance threshold quantile.
+        groups: material key per row; given, the :func:`error_model` signal is added (needs
+            ``table.kappa``).
+        seed: random state of the error model.
 
     Returns:
         One row per held-out row: ``unseen_elements``, ``unseen_family``,
-        ``descriptor_distance`` (bool flags) and ``distance`` (float).
+        ``descriptor_distance`` (bool flags) and ``distance`` (float); with ``groups`` also
+        ``error_model`` (bool: predicted |Δ log10 κ| > :data:`ERROR_MODEL_THRESHOLD`) and
+        ``predicted_error`` (decades).
     """
     seen = set().union(*(elements_of(f) for f in table.formula.iloc[train_idx]))
     families = group_labels(table, "family")
     seen_families = set(families.iloc[train_idx])
     dist, threshold = descriptor_distance(features[train_idx], features[test_idx], quantile)
     test_formulas = table.formula.iloc[test_idx]
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "unseen_elements": [not elements_of(f) <= seen for f in test_formulas],
             "unseen_family": ~families.iloc[test_idx].isin(seen_families).to_numpy(),
@@ -137,6 +195,12 @@ def holdout_signals(
             "distance": dist,
         }
     )
+    if groups is not None:
+        logk = np.log10(table["kappa"].to_numpy(dtype=np.float64))
+        predicted = error_model(features, logk, groups, train_idx, test_idx, seed)
+        out["error_model"] = predicted > ERROR_MODEL_THRESHOLD
+        out["predicted_error"] = predicted
+    return out
 
 
 def flag_quality(
@@ -193,4 +257,7 @@ COMBINATIONS: dict[str, tuple[str, ...]] = {
     "elements|distance": ("unseen_elements", "descriptor_distance"),
     "elements|family": ("unseen_elements", "unseen_family"),
     "any": ("unseen_elements", "unseen_family", "descriptor_distance"),
+    "error_model": ("error_model",),
+    "error_model|elements": ("error_model", "unseen_elements"),
+    "error_model|distance": ("error_model", "descriptor_distance"),
 }

@@ -75,7 +75,9 @@ def holdout_predictions(
             continue
         train, val = inner_validation_split(rest, keys, float(ev.val_fraction), int(cfg.seed))
         pred = np.asarray(fit_predict(train, val, test), dtype=np.float64)
-        signals = holdout_signals(table, rest, test, features, float(dcfg.quantile))
+        signals = holdout_signals(
+            table, rest, test, features, float(dcfg.quantile), keys, int(cfg.seed)
+        )
         frames.append(
             signals.assign(
                 group=group,
@@ -92,7 +94,11 @@ def holdout_predictions(
 
 def _quality(rows: pd.DataFrame, dcfg: DictConfig) -> pd.DataFrame:
     err = np.abs(np.log10(rows.kappa_pred) - np.log10(rows.kappa_true)).to_numpy()
-    flags = {name: combine(rows, parts) for name, parts in COMBINATIONS.items()}
+    flags = {
+        name: combine(rows, parts)
+        for name, parts in COMBINATIONS.items()
+        if all(p in rows.columns for p in parts)
+    }
     return flag_quality(err, flags, float(dcfg.miss_factor), float(dcfg.hit_factor))
 
 

@@ -1,7 +1,7 @@
 """DVC stage ``phonons``: phonon descriptors from a universal potential, and whether they help.
 
-Reads ``phonons`` (potential, settings, datasets, study), the dataset cards, ``evaluation`` (the
-protocol's folds) and ``seed``.
+Reads ``phonons`` (potential, settings, datasets, study), the dataset cards, the protocol keys of
+``evaluation`` (:func:`protocol_of`: the folds, not the trainer or the studies) and ``seed``.
 
 1. For every structure of ``phonons.datasets`` (prepared rows): the descriptors of
    :mod:`kappaflow.phonons.descriptors` (cached per structure, both cores, progress bar with ETA).
@@ -152,7 +152,7 @@ def descriptor_table(
         frame = pd.concat([frame, skipped], ignore_index=True)
         frame = frame.set_index("id").loc[ids].reset_index()
         frame["flags"] = frame["flags"].fillna("")
-        frame["cached"] = frame["cached"].fillna(False).astype(bool)
+        frame["cached"] = frame["cached"].astype("boolean").fillna(False).astype(bool)
         frame[["n_primitive", "seconds"]] = frame[["n_primitive", "seconds"]].fillna(0)
     frame.insert(1, "formula", table.formula.astype(str).to_numpy())
     return frame
@@ -222,6 +222,23 @@ def _fit_predict(
     return fit_predict
 
 
+def protocol_of(cfg: DictConfig, dataset: str) -> dict[str, Any]:
+    """Return the protocol's fold settings for ``dataset`` (those of ``finetune``, ``evaluate``).
+
+    Reads only the protocol keys of ``evaluation`` (the ones DVC tracks for this stage), so a
+    change of ``evaluation.trainer`` or of a study's settings does not re-run the phonons study.
+    """
+    node = {
+        "n_splits": cfg.evaluation.n_splits,
+        "n_repeats": cfg.evaluation.n_repeats,
+        "seed": cfg.evaluation.seed,
+        "val_fraction": cfg.evaluation.val_fraction,
+        "group_level": cfg.evaluation.group_level,
+        "per_dataset": cfg.evaluation.per_dataset,
+    }
+    return protocol_settings(dataset_evaluation(node, dataset))
+
+
 def _study(
     cfg: DictConfig, dataset: str, descriptors: pd.DataFrame, kappa: pd.DataFrame | None = None
 ) -> tuple[dict[str, Any], list[str]]:
@@ -239,7 +256,7 @@ def _study(
         blocks["kappa"] = base[:, None]
         methods |= KAPPA_METHODS
         comparisons += KAPPA_COMPARISONS
-    settings = protocol_settings(dataset_evaluation(cfg.evaluation, dataset))
+    settings = protocol_of(cfg, dataset)
     records: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     oofs: dict[str, pd.DataFrame] = {}

@@ -116,6 +116,7 @@ def test_smoke_experiment_composes():
         ["transfer=freeze"],
         ["+experiment=smoke", "transfer=freeze"],
         ["transfer=[all,two_stage_cgcnn]"],
+        ["+experiment=paper"],
     ],
 )
 def test_config_dump_equals_dvc_hydra_composition(tmp_path, overrides):
@@ -137,3 +138,18 @@ def test_config_dump_equals_dvc_hydra_composition(tmp_path, overrides):
     if "transfer=freeze" in overrides:
         assert list(ours["transfer"]["strategies"]) == ["freeze"]  # one strategy alone
         assert "megnet" not in ours["pretrain"]["runs"]  # DVC pretrains only the runs in use
+
+
+def test_paper_experiment_composes_the_full_scale_gpu_profile():
+    """`+experiment=paper` (issue 14): GPU trainer, every strategy incl. ParAIsite on CGCNN."""
+    cfg = compose(["+experiment=paper"])
+    default = compose()
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    assert list(cfg.transfer.strategies) == [*default.transfer.strategies, "two_stage_cgcnn"]
+    assert {"cgcnn", "megnet", "descriptor_mlp_sps"} <= set(cfg.pretrain.runs)
+    assert cfg.pretrain.trainer.max_epochs == 200
+    assert cfg.evaluation.per_dataset.aflow_agl.n_repeats == 3
+    assert cfg.evaluation.per_dataset.aflow_agl.trainer.batch_size == 64  # merged, not replaced
+    assert cfg.phonons.potential == "sevennet-l3i5" and cfg.phonons.kappa.families is None
+    assert cfg.screen.device == "cuda"
+    assert cfg.datasets == default.datasets  # same data, same folds

@@ -25,6 +25,7 @@ from functools import cache
 
 import numpy as np
 import pandas as pd
+import torch
 from pymatgen.core import Composition, Element
 
 #: Optional feature groups on top of the 132 ``ElementProperty`` magpie features.
@@ -122,22 +123,46 @@ def _parse(formulas: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return z, amount
 
 
+def magpie_statistics(z: torch.Tensor, w: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Compute the six Magpie statistics of every elemental property, weighted by amounts.
+
+    The one implementation of the statistics (formulas here; crystal graphs in
+    :mod:`kappaflow.models.stack_head`): matminer's ``PropertyStats`` ``minimum``, ``maximum``,
+    ``range``, ``mean``, ``avg_dev`` and ``mode`` (the minimum value among the elements whose
+    weight is ``isclose`` to the largest weight).
+
+    Args:
+        z: ``[N, M]`` atomic numbers, padded (padding: any Z with weight 0).
+        w: ``[N, M]`` element amounts (any scale; 0 marks padding), float64.
+        table: ``[Z_max + 1, P]`` elemental properties (:func:`magpie_element_table`).
+
+    Returns:
+        ``[N, P, 6]`` float64 (NaN where an element's property is missing).
+    """
+    mask = w > 0  # [N, M]
+    values = table[z]  # [N, M, P]
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    inf = torch.tensor(float("inf"), dtype=values.dtype, device=values.device)
+    present = torch.where(mask[..., None], values, zero)
+    wsum = w.sum(dim=1, keepdim=True)  # [N, 1]
+    mean = torch.einsum("nm,nmp->np", w, present) / wsum
+    minimum = torch.where(mask[..., None], values, inf).amin(dim=1)
+    maximum = torch.where(mask[..., None], values, -inf).amax(dim=1)
+    avg_dev = torch.einsum("nm,nmp->np", w, (present - mean[:, None, :]).abs()) / wsum
+    most = torch.isclose(w, w.amax(dim=1, keepdim=True)) & mask
+    mode = torch.where(most[..., None], values, inf).amin(dim=1)
+    return torch.stack([minimum, maximum, maximum - minimum, mean, avg_dev, mode], dim=2)
+
+
 def _featurize_unique(formulas: Sequence[str], extras: tuple[str, ...]) -> np.ndarray:
     """Vectorised Magpie statistics for (unique) formulas -> [N, F] float64."""
     z, w = _parse(formulas)
     mask = w > 0  # [N, M]
-    values = np.where(mask[..., None], _element_table()[z], 0.0)  # [N, M, P]
-    wsum = w.sum(axis=1)[:, None]  # [N, 1]
-    mean = np.einsum("nm,nmp->np", w, values) / wsum
-    minimum = np.where(mask[..., None], values, np.inf).min(axis=1)
-    maximum = np.where(mask[..., None], values, -np.inf).max(axis=1)
-    avg_dev = np.einsum("nm,nmp->np", w, np.abs(values - mean[:, None, :])) / wsum
-    # matminer PropertyStats.mode: the minimum value among the elements whose weight is
-    # np.isclose to the largest weight.
-    most = np.isclose(w, w.max(axis=1, keepdims=True)) & mask
-    mode = np.where(most[..., None], values, np.inf).min(axis=1)
-    stats = np.stack([minimum, maximum, maximum - minimum, mean, avg_dev, mode], axis=2)  # [N,P,6]
+    table = torch.from_numpy(_element_table())
+    stats = magpie_statistics(torch.from_numpy(z), torch.from_numpy(w), table).numpy()
+    mean = stats[:, :, 3]
     blocks = [stats.reshape(len(z), -1)]  # property-major, stat-minor, as matminer's labels
+    wsum = w.sum(axis=1)[:, None]
     if "stoichiometry" in extras:
         frac = w / wsum
         norms = [mask.sum(axis=1).astype(np.float64)]

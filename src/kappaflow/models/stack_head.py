@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from kappaflow.features.composition import magpie_element_table
+from kappaflow.features.composition import magpie_element_table, magpie_statistics
 from kappaflow.models.base import N_ELEMENT_ROWS
 from kappaflow.models.sklearn_head import (
     HEAD_FORMAT,
@@ -43,34 +43,24 @@ MAGPIE_STATS = ("minimum", "maximum", "range", "mean", "avg_dev", "mode")
 
 
 def magpie_from_counts(counts: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Magpie ``ElementProperty`` statistics from per-crystal element counts.
+    """Magpie ``ElementProperty`` features from per-crystal element counts.
 
-    Same definitions as :func:`kappaflow.features.composition.magpie_features` (matminer's
-    ``PropertyStats`` weighted by the element fractions; ``mode`` = the smallest value among the
-    most abundant elements; a NaN statistic becomes 0).
+    The statistics are :func:`kappaflow.features.composition.magpie_statistics` (the formula
+    featurizer's own), so they equal :func:`~kappaflow.features.composition.magpie_features` of
+    the crystal's formula; a NaN statistic becomes 0, as there.
 
     Args:
         counts: ``[B, 119]`` atoms per element (column = atomic number), any scale.
-        table: ``[119, P]`` elemental properties (:func:`magpie_element_table`).
+        table: ``[119, P]`` elemental properties (:func:`magpie_table_tensor`).
 
     Returns:
         ``[B, 6 P]`` float64, property-major and statistic-minor (matminer's label order).
     """
-    w = counts.to(torch.float64)
-    tbl = table.to(torch.float64)
-    mask = (w > 0).unsqueeze(-1)  # [B, Z, 1]
-    vals = tbl.unsqueeze(0).expand(w.shape[0], -1, -1)  # [B, Z, P]
-    present = torch.where(mask, vals, torch.zeros((), dtype=torch.float64, device=w.device))
-    wsum = w.sum(dim=1, keepdim=True)  # [B, 1]
-    mean = (w.unsqueeze(-1) * present).sum(dim=1) / wsum
-    inf = torch.tensor(float("inf"), dtype=torch.float64, device=w.device)
-    minimum = torch.where(mask, vals, inf).amin(dim=1)
-    maximum = torch.where(mask, vals, -inf).amax(dim=1)
-    avg_dev = (w.unsqueeze(-1) * (present - mean.unsqueeze(1)).abs()).sum(dim=1) / wsum
-    most = torch.isclose(w, w.amax(dim=1, keepdim=True)) & (w > 0)
-    mode = torch.where(most.unsqueeze(-1), vals, inf).amin(dim=1)
-    stats = torch.stack([minimum, maximum, maximum - minimum, mean, avg_dev, mode], dim=2)
-    return torch.nan_to_num(stats.reshape(w.shape[0], -1), nan=0.0)
+    w_all = counts.to(torch.float64)
+    width = max(int((w_all > 0).sum(dim=1).max()), 1) if len(w_all) else 1
+    w, z = torch.sort(w_all, dim=1, descending=True)  # present elements first, then padding
+    stats = magpie_statistics(z[:, :width], w[:, :width], table.to(torch.float64))
+    return torch.nan_to_num(stats.reshape(w_all.shape[0], -1), nan=0.0)
 
 
 def magpie_table_tensor() -> torch.Tensor:

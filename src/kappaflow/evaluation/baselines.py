@@ -176,8 +176,11 @@ class MagpieRandomForest(Baseline):
         self.n_jobs = n_jobs
         self.featurizer = featurizer
 
-    def _regressor(self) -> RandomForestRegressor:
-        return RandomForestRegressor(
+    #: The scikit-learn forest class (same keyword arguments for both forests).
+    forest_class: type = RandomForestRegressor
+
+    def _regressor(self) -> Any:
+        return self.forest_class(
             n_estimators=self.n_estimators,
             max_features=self.max_features,
             min_samples_leaf=self.min_samples_leaf,
@@ -209,19 +212,25 @@ class MagpieRandomForest(Baseline):
         return self.model_.regressor_.feature_importances_
 
 
+#: Extra-trees settings of :class:`MagpieExtraTrees` and of the ``stack`` strategy's composition
+#: route (:mod:`kappaflow.transfer.stacking`).
+EXTRA_TREES_DEFAULTS = {"n_estimators": 500, "max_features": 0.5, "min_samples_leaf": 1}
+
+
 class MagpieExtraTrees(MagpieRandomForest):
     """Extremely randomized trees on Magpie composition features (same inputs as the forest).
 
-    Defaults are those of the ``stack`` strategy's composition route
-    (:data:`kappaflow.transfer.stacking.DEFAULT_COMPOSITION`: 500 trees, ``max_features`` 0.5).
+    Defaults are :data:`EXTRA_TREES_DEFAULTS` (500 trees, ``max_features`` 0.5).
     """
+
+    forest_class = ExtraTreesRegressor
 
     def __init__(
         self,
         transform: Transform = "none",
-        n_estimators: int = 500,
-        max_features: float | str | None = 0.5,
-        min_samples_leaf: int = 1,
+        n_estimators: int = EXTRA_TREES_DEFAULTS["n_estimators"],
+        max_features: float | str | None = EXTRA_TREES_DEFAULTS["max_features"],
+        min_samples_leaf: int = EXTRA_TREES_DEFAULTS["min_samples_leaf"],
         random_state: int = 0,
         n_jobs: int | None = None,
         featurizer: Callable[[Sequence[str]], np.ndarray] | None = None,
@@ -235,15 +244,6 @@ class MagpieExtraTrees(MagpieRandomForest):
             random_state,
             n_jobs,
             featurizer,
-        )
-
-    def _regressor(self) -> ExtraTreesRegressor:  # type: ignore[override]
-        return ExtraTreesRegressor(
-            n_estimators=self.n_estimators,
-            max_features=self.max_features,
-            min_samples_leaf=self.min_samples_leaf,
-            random_state=self.random_state,
-            n_jobs=self.n_jobs,
         )
 
 

@@ -369,10 +369,12 @@ def magpie_et_fit_predict(table: pd.DataFrame, seed: int = 0, **kwargs: Any) -> 
     return magpie_rf_fit_predict(table, seed, learner="extra_trees", **kwargs)
 
 
-BASELINES: Mapping[str, Callable[..., FitPredict]] = {
-    "median": median_fit_predict,
-    "magpie_rf": magpie_rf_fit_predict,
-    "magpie_et": magpie_et_fit_predict,
+#: Baselines by name (``evaluation.baselines``): ``(table, seed) -> fit_predict`` (the median
+#: has no randomness and ignores the seed).
+BASELINES: Mapping[str, Callable[[pd.DataFrame, int], FitPredict]] = {
+    "median": lambda table, seed: median_fit_predict(table),
+    "magpie_rf": lambda table, seed: magpie_rf_fit_predict(table, seed),
+    "magpie_et": lambda table, seed: magpie_et_fit_predict(table, seed),
 }
 
 

@@ -43,11 +43,9 @@ from kappaflow.evaluation.plots import (
     strategy_comparison_plot,
 )
 from kappaflow.evaluation.protocol import (
+    BASELINES,
     cross_validate,
     dataset_evaluation,
-    magpie_et_fit_predict,
-    magpie_rf_fit_predict,
-    median_fit_predict,
     protocol_settings,
 )
 from kappaflow.evaluation.report import published_table, transfer_table, write_report
@@ -71,11 +69,6 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
     ev = cfg.evaluation
     plots = root / cfg.paths.plots_dir / "transfer"
     plots.mkdir(parents=True, exist_ok=True)
-    baselines = {
-        "median": lambda t: median_fit_predict(t),
-        "magpie_rf": lambda t: magpie_rf_fit_predict(t, seed=int(cfg.seed)),
-        "magpie_et": lambda t: magpie_et_fit_predict(t, seed=int(cfg.seed)),
-    }
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     cv_records: dict[tuple[str, str], dict[str, Any]] = {}
@@ -83,11 +76,11 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
     for dataset in ev.datasets:
         table, _ = kappa_table(cfg, dataset)
         for name in ev.baselines:
-            if name not in baselines:
-                raise KeyError(f"unknown baseline {name!r}; known: {sorted(baselines)}")
+            if name not in BASELINES:
+                raise KeyError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
             result = cross_validate(
                 table,
-                baselines[name](table),
+                BASELINES[name](table, int(cfg.seed)),
                 **protocol_settings(dataset_evaluation(ev, dataset)),
                 progress=False,
             )

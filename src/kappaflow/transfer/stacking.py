@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig
 
 from kappaflow.config import to_plain
+from kappaflow.evaluation.baselines import EXTRA_TREES_DEFAULTS
 from kappaflow.models.base import element_counts
 from kappaflow.models.sklearn_head import ForestHead
 from kappaflow.models.stack_head import StackHead, magpie_from_counts, magpie_table_tensor
@@ -37,8 +38,9 @@ from kappaflow.transfer.strategies import EmbeddingRegressor
 
 log = logging.getLogger(__name__)
 
-#: Keyword arguments of the composition route's ``ExtraTreesRegressor`` unless configured.
-DEFAULT_COMPOSITION = {"n_estimators": 500, "max_features": 0.5, "min_samples_leaf": 1}
+#: Keyword arguments of the composition route's ``ExtraTreesRegressor`` unless configured: the
+#: ``magpie_et`` baseline's, so the stack's composition route is that baseline.
+DEFAULT_COMPOSITION = EXTRA_TREES_DEFAULTS
 
 
 def uses_stacking(strategy_cfg: Mapping[str, Any] | DictConfig) -> bool:

@@ -211,6 +211,21 @@ def build_fit_predict(
         else None
     )
 
+    frozen: dict[str, np.ndarray] = {}
+
+    def frozen_inputs(model: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Embeddings of every row (and element counts when stacking), computed once.
+
+        The sklearn-head strategies freeze the pretrained encoder, which every fold copies
+        unchanged: its embeddings are the same in every fold, so the first fold's are reused.
+        """
+        if "emb" not in frozen:
+            every = RowsView(inputs.dataset, np.arange(len(table)))
+            frozen["emb"] = extract_embeddings(model, every, batch)
+            if stacked:
+                frozen["counts"] = element_count_matrix(every, batch)
+        return frozen["emb"], frozen.get("counts")
+
     def export(exported: Path, name: str) -> None:
         if export_dir is not None:
             export_dir.mkdir(parents=True, exist_ok=True)
@@ -236,9 +251,8 @@ def build_fit_predict(
                 model.encoder.fit_input_scaler(inputs.features[train_idx])
         meta = {"strategy": strategy, "dataset": dataset, "fold": name[:-3], "seed": seed}
         if stacked:
-            every = RowsView(inputs.dataset, np.arange(len(table)))
-            emb = extract_embeddings(model, every, batch)
-            counts = element_count_matrix(every, batch)
+            emb, counts = frozen_inputs(model)
+            assert counts is not None
             # the rows the baselines fit on (protocol: train_idx; val_idx is for early stopping)
             rows = np.asarray(train_idx)
             stack = StackedRegressor.from_cfg(s_cfg, seed).fit(
@@ -249,7 +263,7 @@ def build_fit_predict(
             transform = TargetTransform(["log10"], ["kappa"])
             save_model(exported, model, transform, model_cfg, meta | {"stack": stack.describe()})
         elif sklearn_head:
-            emb = extract_embeddings(model, RowsView(inputs.dataset, np.arange(len(table))), batch)
+            emb, _ = frozen_inputs(model)
             reg = EmbeddingRegressor.from_cfg(s_cfg, seed)
             reg.fit(emb[train_idx], table["kappa"].to_numpy()[train_idx])
             pred = reg.predict(emb[test_idx])

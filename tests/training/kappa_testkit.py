@@ -160,3 +160,32 @@ def result_summary(res: Any) -> dict[str, Any]:
 def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Exact equality of two state dicts."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def perturbed_export(
+    card: dict[str, Any],
+    graphs: list[Any],
+    path: Path,
+    target_names: list[str],
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Save a stand-in 'pretrained' model: ``card``'s model with non-trivial weights and BN stats.
+
+    Every parameter moves by 0.1·N(0, 1) (``torch.manual_seed(0)``) and one training-mode pass
+    over ``graphs`` moves the batch-norm running statistics; targets untransformed.
+    """
+    from torch_geometric.data import Batch
+
+    from kappaflow.models import build_model
+    from kappaflow.training.export import save_model
+    from kappaflow.training.target_transform import TargetTransform
+
+    torch.manual_seed(0)
+    model = build_model(card, len(target_names))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        model.train()
+        model(Batch.from_data_list(graphs))
+    transform = TargetTransform(["none"] * len(target_names), target_names)
+    return save_model(path, model, transform, card, meta=meta)

@@ -35,28 +35,13 @@ def encoder(tmp_path_factory: pytest.TempPathFactory, graphs: list):
 
     Module-scoped: a test module may replace its head (each module gets its own copy).
     """
-    import torch
+    from kappa_testkit import perturbed_export
     from registry_testkit import TINY_CGCNN
-    from torch_geometric.data import Batch
 
-    from kappaflow.models import build_model
-    from kappaflow.training.export import save_model
-    from kappaflow.training.target_transform import TargetTransform
     from kappaflow.transfer import prepare_model
 
-    torch.manual_seed(0)
-    pre = build_model(TINY_CGCNN, 2)
-    with torch.no_grad():
-        for p in pre.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        pre.train()
-        pre(Batch.from_data_list(graphs))
-    path = save_model(
-        tmp_path_factory.mktemp("pretrain") / "tiny.pt",
-        pre,
-        TargetTransform(["none", "none"], ["a", "b"]),
-        TINY_CGCNN,
-    )
+    path = tmp_path_factory.mktemp("pretrain") / "tiny.pt"
+    path = perturbed_export(TINY_CGCNN, graphs, path, ["a", "b"])
     strategy = {"name": "features", "pretrained": "tiny", "model": "cgcnn", "regressor": "ridge"}
     model, _ = prepare_model(strategy, TINY_CGCNN, path, 1)
     return model

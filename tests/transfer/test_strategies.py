@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from kappa_testkit import split, tiny_graphs, trainer_cfg
+from kappa_testkit import perturbed_export, split, tiny_graphs, trainer_cfg
 from omegaconf import OmegaConf
 from torch_geometric.data import Batch
 
@@ -93,16 +93,8 @@ def graphs() -> list[Any]:
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory, graphs: list[Any]) -> Path:
     """A 2-target 'pretrained' export with non-trivial weights and batch-norm statistics."""
-    torch.manual_seed(0)
-    model = build_model(CARD, 2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        model.train()
-        model(Batch.from_data_list(graphs))  # moves the batch-norm running statistics
-    transform = TargetTransform(["none", "none"], ["e_form", "band_gap"])
     path = pretrained_model_path(tmp_path_factory.mktemp("models"), "cgcnn")
-    return save_model(path, model, transform, CARD, meta={"dataset": "toy"})
+    return perturbed_export(CARD, graphs, path, ["e_form", "band_gap"], meta={"dataset": "toy"})
 
 
 @pytest.fixture(scope="module")

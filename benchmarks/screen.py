@@ -1,26 +1,31 @@
-"""Screening throughput: CIF text -> κ ± σ with the κ ensemble, crystals/s per phase.
+"""Screening throughput: the funnel (tier 1) beside the champion-only path, in one run.
 
-One streaming pass per device over every structure of the raw datasets in the data root (the
-``cif`` column of each structure dataset card; ``--limit`` keeps the first N of each, in card
-order), batch by batch:
+**Pool mode** (default): the ``screen`` stage's pool (every prepared structure dataset,
+deduplicated: ``kappaflow.screen.pool.load_pool``; run ``dvc repro prepare`` first).
 
-* **parse**: ``parse_cif`` + the structure checks (``check_crystal``), CPU;
-* **featurize**: crystal graphs (``crystal_to_graph`` with the ensemble's graph settings), CPU;
-* **inference**: all ensemble members on the batch (host->device copy included; CUDA is
-  synchronized before the clock stops) + the out-of-domain distances;
-* **end to end**: wall time of the whole pass (the three phases + bookkeeping) =
-  ``kappaflow.registry.predictor`` as the ``screen`` stage and the pyfunc use it.
+* **today's path**: the champion ensemble scores a seeded sample of ``--baseline-limit`` pool
+  rows (graph + all members + domain flags: ``ChampionScorer``, what ``screen`` did for every
+  crystal before the funnel); its rate is per crystal, so the sample measures it;
+* **tier 1**: ``funnel_scores`` on the whole pool (``--limit``: a seeded sample of N): teacher
+  sample + student + shortlists, every crystal accounted for; phase seconds and the student's
+  agreement with the champion on held-out teacher rows;
+* the ratio of the two rates, and the peak RSS of the process;
+* **tier 2** (``--tier2 N``): phono3py κ from the universal potential for N D1 compounds of the
+  cheapest families (``kappaflow.phonons``, ``verify.settings``; a temporary cache, so each is
+  computed): seconds per compound.
 
-Rates are crystals per second of that phase's own time (every structure counts, also the few
-that fail the checks). The model: ``--model-uri`` (e.g. ``models:/kappaflow-kappa@champion``),
-else fold models ``--members 'models/finetune/finetune/paraisite_mix/folds/repeat0-fold*.pt'``,
-else ``--random N`` freshly initialised members of the ``cgcnn`` card (timing only: weights do
-not change the cost). Devices: cpu, plus cuda when available (``--devices``).
+**CIF mode** (``--cif``): CIF text -> κ ± σ per phase (parse, featurize, ensemble inference) over
+the raw structure datasets, as ``kappaflow predict`` / user files take it.
+
+The model: ``--model-uri`` (e.g. ``models:/kappaflow-kappa@champion``), else fold models
+``--members 'models/finetune/stack/paraisite_mix/folds/repeat0-fold*.pt'``, else ``--random N``
+freshly initialised members of the ``cgcnn`` card (timing only; the student then learns noise).
 
 Usage::
 
-    python benchmarks/screen.py [--limit N] [--model-uri URI | --members GLOB | --random 5]
-        [--batch-size 64] [--threads 1] [--devices cpu,cuda] [--out reports/bench.json]
+    python benchmarks/screen.py [--members GLOB | --model-uri URI | --random 5]
+        [--limit N] [--baseline-limit 3000] [--threads 2] [--tier2 2] [--out FILE]
+    python benchmarks/screen.py --cif [--limit N] [--batch-size 64] [--devices cpu,cuda]
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import resource
+import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +106,12 @@ def load_model(args: argparse.Namespace, cfg: Any) -> tuple[KappaEnsemble, Domai
     return KappaEnsemble(members, tfs, card, graph, "cpu"), None, f"{args.random} random cgcnn"
 
 
+def stand_in_domain(ensemble: KappaEnsemble) -> DomainInfo:
+    """Fit a domain to 500 random embeddings, so the out-of-domain step is timed too."""
+    rng = np.random.default_rng(0)
+    return fit_domain(rng.normal(size=(500, ensemble.members[0].embed_dim)), [[1]])
+
+
 def one_pass(
     ensemble: KappaEnsemble,
     domain: DomainInfo | None,
@@ -135,27 +150,13 @@ def one_pass(
     return t
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None, help="first N rows of each dataset")
-    parser.add_argument("--model-uri")
-    parser.add_argument("--members", help="glob of fold model files")
-    parser.add_argument("--random", type=int, default=5, help="random members if no model")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--devices", default="cpu,cuda", help="comma list; cuda if available")
-    parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args()
-
-    torch.set_num_threads(args.threads)
-    cfg = load_params()
+def cif_mode(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """Per-phase rates of CIF text -> κ ± σ (the predictor path of user files)."""
     t_read = time.perf_counter()
     ids, cifs, counts = read_cifs(cfg, args.limit)
     t_read = time.perf_counter() - t_read
     ensemble, domain, source = load_model(args, cfg)
-    if domain is None:  # time the OOD step too: a domain from 500 random embeddings
-        rng = np.random.default_rng(0)
-        domain = fit_domain(rng.normal(size=(500, ensemble.members[0].embed_dim)), [[1]])
+    domain = domain or stand_in_domain(ensemble)
     n = len(cifs)
     print(
         f"{n} structures from {counts} (CSV read {t_read:.1f} s); model: {source}, "
@@ -174,9 +175,149 @@ def main() -> None:
         phases = "  ".join(f"{k} {v:8.1f}/s" for k, v in rates.items())
         failed = int(t["n_failed_checks"])
         print(f"[{dev}: {name}] {phases}  ({t['end_to_end']:.1f} s, {failed} failed checks)")
+    return results
+
+
+def tier2_seconds(cfg: Any, n: int) -> dict[str, Any]:
+    """Seconds per compound of phono3py κ (``verify``'s potential and settings) on D1 compounds.
+
+    The ``n`` smallest primitive cells of D1's rocksalt / zincblende compounds, computed in one
+    process into a temporary cache (nothing reused).
+    """
+    from omegaconf import OmegaConf
+
+    from kappaflow.layout import interim_dir, load_prepared
+    from kappaflow.phonons.batch import compute_descriptors
+    from kappaflow.phonons.conductivity import KappaSettings
+    from kappaflow.structure.crystal import CrystalArrays
+    from kappaflow.structure.families import structure_family
+
+    node = cfg.get("verify") or cfg.phonons.kappa
+    potential = str(node.get("potential") or cfg.phonons.potential)
+    settings = KappaSettings(**OmegaConf.to_container(node.settings, resolve=True))
+    table = load_prepared(interim_dir(cfg, "paraisite_d1"))
+    fam = [
+        structure_family(str(f), int(g))
+        for f, g in zip(table.formula, table.spacegroup, strict=True)
+    ]
+    table = table[np.isin(fam, ["rocksalt", "zincblende"])].head(n)
+    crystals = [
+        CrystalArrays.from_row(r.lattice, r.numbers, r.frac_coords)
+        for r in table.itertuples(index=False)
+    ]
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        frame = compute_descriptors(
+            table.id.astype(str).tolist(), crystals, settings, potential, cache,
+            kind="kappa", workers=1, progress=False,
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+    per = wall / max(len(frame), 1)
+    print(
+        f"tier 2 ({potential}, phono3py RTA, 1 process): {len(frame)} D1 compounds "
+        f"{frame.id.tolist()}: {per:.1f} s per compound "
+        f"(κ {frame.ph3_kappa_w_mk.round(2).tolist()} W/m/K)"
+    )
+    return {"potential": potential, "n": len(frame), "s_per_compound": per, "wall_s": wall}
+
+
+def pool_mode(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """Tier-1 funnel on the pool beside the champion-only path (one run)."""
+    from tqdm.auto import tqdm
+
+    from kappaflow.registry.predictor import default_options
+    from kappaflow.screen.funnel import ChampionScorer, funnel_scores
+    from kappaflow.screen.pool import load_pool
+    from kappaflow.screen.surrogate import FunnelSettings
+
+    t = time.perf_counter()
+    pool = load_pool(cfg)
+    if args.limit is not None and args.limit < pool.n_total:
+        pick = np.sort(np.random.default_rng(0).choice(pool.n_total, args.limit, replace=False))
+        pool = replace(pool, index=pool.index.iloc[pick].reset_index(drop=True))
+    load_s = time.perf_counter() - t
+    ensemble, domain, source = load_model(args, cfg)
+    domain = domain or stand_in_domain(ensemble)
+    scorer = ChampionScorer(
+        pool, ensemble, domain, args.batch_size, 0.1, "spglib", default_options(8.0)
+    )
+    print(
+        f"pool: {pool.n_total} structures (index {load_s:.1f} s); model: {source}, "
+        f"{ensemble.n_members} members; {args.threads} torch thread(s)"
+    )
+    rng = np.random.default_rng(1)
+    base = np.sort(rng.choice(pool.n_total, min(args.baseline_limit, pool.n_total), replace=False))
+    t = time.perf_counter()
+    scorer.score(base, tqdm(total=len(base), desc="today's path", unit="crystal", leave=False))
+    base_s = time.perf_counter() - t
+    base_rate = len(base) / base_s
+
+    settings = FunnelSettings.from_mapping(cfg.screen.get("funnel"))
+    t = time.perf_counter()
+    with tqdm(total=pool.n_total, desc="tier 1 funnel", unit="crystal", leave=False) as bar:
+        scored, record = funnel_scores(pool, scorer, settings, int(cfg.seed), bar)
+    funnel_s = time.perf_counter() - t
+    assert len(scored) == pool.n_total
+    rate = pool.n_total / funnel_s
+    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    agree = record["agreement"]
+    print(
+        f"today's path (champion on every crystal): {base_rate:8.1f} crystals/s "
+        f"({len(base)} sampled pool rows, {base_s:.1f} s)"
+    )
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in record["seconds"].items())
+    print(
+        f"tier 1 funnel (whole pool):               {rate:8.1f} crystals/s "
+        f"({pool.n_total} in {funnel_s:.1f} s: {phases})"
+    )
+    print(
+        f"ratio tier 1 / today's path: {rate / base_rate:.1f}x; champion scored "
+        f"{record['n_champion']}, student {record['n_surrogate']}; peak RSS {rss_gib:.2f} GiB"
+    )
+    if agree:
+        print(
+            f"student vs champion on {int(agree['n'])} held-out teacher rows: Spearman "
+            f"{agree['spearman']:.3f}, log10-MAE {agree['log10_mae']:.3f}, recall of the top / "
+            f"bottom {100 * settings.top_fraction:g} %: {agree['top_recall']:.2f} / "
+            f"{agree['bottom_recall']:.2f}"
+        )
+    out: dict[str, Any] = {
+        "n_pool": pool.n_total,
+        "model": source,
+        "threads": args.threads,
+        "today_crystals_per_s": base_rate,
+        "tier1_crystals_per_s": rate,
+        "ratio": rate / base_rate,
+        "peak_rss_gib": rss_gib,
+        "funnel": {k: v for k, v in record.items() if k != "holdout"},
+    }
+    if args.tier2:
+        out["tier2"] = tier2_seconds(cfg, args.tier2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cif", action="store_true", help="per-phase rates from raw CIF text")
+    parser.add_argument("--limit", type=int, default=None, help="pool sample / first N CIFs")
+    parser.add_argument("--baseline-limit", type=int, default=3000, help="rows for today's path")
+    parser.add_argument("--model-uri")
+    parser.add_argument("--members", help="glob of fold model files")
+    parser.add_argument("--random", type=int, default=5, help="random members if no model")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--devices", default="cpu,cuda", help="--cif: comma list")
+    parser.add_argument("--tier2", type=int, default=0, help="D1 compounds timed for tier 2")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    cfg = load_params()
+    results = cif_mode(args, cfg) if args.cif else pool_mode(args, cfg)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

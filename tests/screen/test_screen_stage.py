@@ -85,3 +85,67 @@ def test_champion_json_must_match_the_alias(tiny_project):
     record.write_text(json.dumps(stale))
     with pytest.raises(RuntimeError, match="dvc repro register"):
         screen_stage(cfg)
+
+
+def _pool_rows(n: int) -> list:
+    """``n`` (<= 64) distinct rocksalt / zincblende binaries (+ one with Xe)."""
+    cations = ["Na", "K", "Mg", "Ga", "Al", "Li", "Ca", "Sr"]
+    anions = ["Cl", "Br", "O", "As"]
+    rows = []
+    for k in range(n):
+        a_el, b_el = cations[(k // 2) % 8], anions[k // 16]
+        build = kit.rocksalt if k % 2 else kit.zincblende
+        rows.append((f"p-{k}", build(a_el, b_el, 4.5 + 0.05 * k), 1.0))
+    rows.append(("p-xe", kit.rocksalt("Na", "Xe", 6.0), 1.0))
+    return rows
+
+
+def test_funnel_scores_the_shortlists_with_the_champion_and_the_rest_with_the_student(
+    tiny_project,
+):
+    from kappaflow.stages.register import register_stage
+    from kappaflow.stages.screen import screen_stage
+
+    root, cfg = tiny_project
+    kit.write_candidate(root, "finetune", DS, 0.3, n_members=3)
+    register_stage(cfg)
+    kit.write_prepared(root, "scan_pool", kit.prepared_table(_pool_rows(60)))
+    cfg.screen.datasets = ["scan_pool"]
+    cfg.screen.top_n = 3
+    out = root / "reports/screen"
+
+    cfg.screen.funnel.enabled = False
+    full = screen_stage(cfg)
+    exhaustive = pd.read_csv(out / "ranked.csv").set_index("id")
+    assert full["funnel"] is None and full["n_champion"] == 61 and full["n_surrogate"] == 0
+    assert (exhaustive["scored_by"] == "champion").all()
+
+    cfg.screen.funnel.update(
+        {"enabled": True, "teacher_size": 20, "shortlist": 5, "n_estimators": 20, "n_jobs": 1}
+    )
+    summary = screen_stage(cfg)
+    ranked = pd.read_csv(out / "ranked.csv", keep_default_na=False, na_values=[""])
+    quarantine = pd.read_csv(out / "quarantine.csv")
+    funnel = summary["funnel"]
+    assert summary["n_pool"] == 61 == len(ranked) + len(quarantine)
+    assert funnel["teacher_size"] == 20 and funnel["n_shortlisted"] == 10
+    assert summary["n_champion"] == 30 and summary["n_surrogate"] == 31
+    by = ranked.set_index("id")
+    champ = by[by["scored_by"] == "champion"]
+    student = by[by["scored_by"] == "surrogate"]
+    # the champion's rows are exactly what the exhaustive screen gives those crystals
+    np.testing.assert_allclose(champ["kappa"], exhaustive.loc[champ.index, "kappa"])
+    np.testing.assert_allclose(champ["sigma_log10"], exhaustive.loc[champ.index, "sigma_log10"])
+    # the student's rows: a κ, no σ / interval / embedding distance; elements still checked
+    assert student["kappa"].gt(0).all() and student["sigma_log10"].isna().all()
+    assert student["nn_distance"].isna().all()
+    if "p-xe" in student.index:
+        assert not student.loc["p-xe", "in_domain"] and "Xe" in student.loc["p-xe", "ood_reason"]
+    for name in ("top_high.csv", "top_low.csv"):
+        top = pd.read_csv(out / name)
+        assert len(top) == 3 and (top["scored_by"] == "champion").all()
+    agree = funnel["agreement"]
+    assert agree["n"] >= 1 and set(agree) >= {"spearman", "log10_mae", "top_recall"}
+    head = json.loads((out / "headline.json").read_text())
+    assert head["n_scored"] == len(ranked)
+    assert (out / "surrogate_agreement.png").stat().st_size > 1000

@@ -333,11 +333,18 @@ class ForestHead(SklearnHead):
 
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32).to(torch.float64)  # scikit-learn's trees see float32 features
-        rows = torch.arange(x.shape[0], device=x.device)[:, None]
-        node = self._roots.expand(x.shape[0], -1)
+        n, width = x.shape
+        flat = x.reshape(-1)
+        offset = (torch.arange(n, device=x.device) * width)[:, None]  # row start in ``flat``
+        node = self._roots.expand(n, -1).contiguous()  # [B, trees]: current node per tree
+        # ``take`` on flat tensors: ~3x faster than advanced indexing on a CPU.
+        threshold = self.threshold.reshape(-1)
         for _ in range(self.max_depth):
-            go_left = x[rows, self._feature[node]] <= self.threshold[node]
-            node = torch.where(go_left, self._left[node], self._right[node])
+            go_left = flat.take(offset + self._feature.take(node)) <= threshold.take(node)
+            step = torch.where(go_left, self._left.take(node), self._right.take(node))
+            if torch.equal(step, node):  # every row in every tree sits on a leaf: done
+                break
+            node = step
         return self.value[node].sum(dim=1) / self.n_trees
 
     def extra_repr(self) -> str:

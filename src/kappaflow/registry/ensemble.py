@@ -81,6 +81,34 @@ class EnsembleOutput:
     embedding: np.ndarray
 
 
+def shared_encoders(members: Sequence[nn.Module]) -> list[int]:
+    """For each member, the index of the first member with an identical encoder.
+
+    Identical: same encoder class and bit-identical parameters and buffers. Members without an
+    ``encoder`` attribute map to themselves.
+    """
+
+    def signature(m: nn.Module) -> tuple[Any, ...] | None:
+        enc = getattr(m, "encoder", None)
+        if not isinstance(enc, nn.Module):
+            return None
+        return (type(enc), tuple(enc.state_dict().items()))
+
+    def same(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> bool:
+        if a is None or b is None or a[0] is not b[0] or len(a[1]) != len(b[1]):
+            return False
+        return all(
+            ka == kb and ta.shape == tb.shape and ta.dtype == tb.dtype and torch.equal(ta, tb)
+            for (ka, ta), (kb, tb) in zip(a[1], b[1], strict=True)
+        )
+
+    sigs = [signature(m) for m in members]
+    out: list[int] = []
+    for k, sig in enumerate(sigs):
+        out.append(next((j for j in sorted(set(out)) if same(sigs[j], sig)), k))
+    return out
+
+
 class KappaEnsemble:
     """Members of one architecture that predict log10 κ; see the module docstring.
 
@@ -123,6 +151,10 @@ class KappaEnsemble:
         self.input_kind = input_kind(self.model_cfg)
         #: Conformal κ intervals (set from the registered version; None: uncalibrated).
         self.calibration: Calibration | None = None
+        #: ``encoder_of[k]``: the first member whose encoder equals member k's (same class,
+        #: same parameters and buffers): a frozen encoder shared by every fold (the
+        #: ``features`` / ``stack`` strategies) is run once per batch, not once per member.
+        self.encoder_of = shared_encoders(self.members)
         check_graph_settings(
             self.model_cfg, graph.to_dict(), source="the ensemble's graph settings"
         )
@@ -205,8 +237,12 @@ class KappaEnsemble:
             return EnsembleOutput(np.zeros((0, self.n_members)), empty, empty, np.zeros((0, 0)))
         batch = Batch.from_data_list(list(items)).to(self.device)
         logs, embedding = [], None
+        encoded: dict[int, torch.Tensor] = {}
         for k, (model, tf) in enumerate(zip(self.members, self.transforms, strict=True)):
-            emb = model.encode(batch)
+            source = self.encoder_of[k]
+            if source not in encoded:
+                encoded[source] = model.encode(batch)
+            emb = encoded[source]
             if k == 0:
                 embedding = emb.float().cpu().numpy()
             z = model.head_forward(emb, batch).float()

@@ -1,25 +1,33 @@
 """The ``screen`` stage: score the pool with ``models:/<registry.model_name>@champion``.
 
-Streams the pool (:mod:`kappaflow.screen.pool`) through the champion ensemble in batches of
-``screen.batch_size`` with a progress bar and writes, under ``screen.out_dir``
-(``reports/screen``):
+Who scores what (:mod:`kappaflow.screen.funnel`): a pool larger than ``screen.funnel``'s
+teacher sample plus both shortlists goes through the **funnel** — the champion scores a seeded
+teacher sample and every user file, a student distilled from it (extra trees on Magpie + cell
+scalars, :mod:`kappaflow.screen.surrogate`) scores the rest in seconds, and the champion
+re-scores the student's ``shortlist`` highest- and lowest-κ crystals; smaller pools (and
+``screen.funnel.enabled: false``) are scored by the champion alone. A progress bar with ETA
+runs over the whole pool. Under ``screen.out_dir`` (``reports/screen``):
 
 * ``ranked.csv``: every successfully scored structure, sorted by κ descending: ``rank, id,
   dataset, formula, spacegroup, kappa`` (W/m/K), ``log10_kappa``, ``sigma_log10`` (std over
   members of log10 κ, decades), ``kappa_lo68``… ``kappa_hi95`` (W/m/K, calibrated intervals),
-  ``in_domain``, ``ood_reason``, ``nn_distance``, ``in_training_set`` (same formula + space
-  group as a material the model was trained on), ``n_duplicates``, ``source`` (relative to the
-  project when inside it); ``formula_conventional`` (``PbTe``) beside pymatgen's ``formula``
-  (``TePb``); κ columns rounded to 3 significant digits, σ and distances to 3 decimals;
+  ``in_domain``, ``ood_reason``, ``nn_distance``, ``scored_by`` (``champion`` / ``surrogate``:
+  student rows have κ only — no σ, interval or embedding distance, and their ``in_domain``
+  checks the elements alone), ``in_training_set`` (same formula + space group as a material
+  the model was trained on), ``n_duplicates``, ``source`` (relative to the project when inside
+  it); ``formula_conventional`` (``PbTe``) beside pymatgen's ``formula`` (``TePb``); κ columns
+  rounded to 3 significant digits, σ and distances to 3 decimals;
 * ``top_high.csv`` / ``top_low.csv``: the ``screen.top_n`` highest-κ (diamond-like heat
-  spreaders, Ju et al.) and lowest-κ (thermoelectric candidates, ParAIsite) structures, from
-  in-domain ones only when ``screen.top_in_domain_only``;
+  spreaders, Ju et al.) and lowest-κ (thermoelectric candidates, ParAIsite) structures scored
+  by the champion, from in-domain ones only when ``screen.top_in_domain_only``;
 * ``quarantine.csv``: structures that could not be scored (``id, dataset, source, reason,
   detail``);
-* ``kappa_vs_sigma.png``: κ vs σ, in-domain vs out-of-domain;
-* ``summary.json``: counts, throughput (crystals/s, parse + featurize + ensemble inference),
-  wall time, model version (a plain DVC out);
-* ``headline.json``: the DVC metrics (:func:`screen_headline`: counts, throughput).
+* ``kappa_vs_sigma.png``: κ vs σ of the champion's rows, in-domain vs out-of-domain;
+  ``surrogate_agreement.png``: student vs champion on held-out teacher rows;
+* ``summary.json``: counts (``n_champion`` / ``n_surrogate``), the funnel's settings, phase
+  seconds and agreement (Spearman, log10-MAE, top/bottom recall), throughput (crystals/s of
+  the whole scoring), wall time, model version (a plain DVC out);
+* ``headline.json``: the DVC metrics (:func:`screen_headline`).
 
 Checked: ``len(ranked) + len(quarantine) == pool.n_total`` (every structure of the
 deduplicated pool is accounted for). Everything is logged to an MLflow run.
@@ -30,7 +38,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +49,10 @@ from kappaflow.data.validation import ValidationOptions, conventional_formula
 from kappaflow.io_utils import write_json, write_metrics
 from kappaflow.layout import interim_dir, load_prepared, project_root
 from kappaflow.registry.champion import NoChampionError, load_champion, resolve_model
-from kappaflow.registry.predictor import COLUMNS, Item, predict_stream
-from kappaflow.screen.pool import iter_items, load_pool
+from kappaflow.registry.predictor import COLUMNS
+from kappaflow.screen.funnel import CHAMPION, ChampionScorer, funnel_scores
+from kappaflow.screen.pool import load_pool
+from kappaflow.screen.surrogate import FunnelSettings
 from kappaflow.structure.cif import escape_control
 from kappaflow.tracking import start_stage_run
 from kappaflow.tracking.names import is_count
@@ -68,6 +77,7 @@ RANKED_COLUMNS = (
     "formula_conventional",
     "spacegroup",
     *(c for c in COLUMNS if c not in ("id", "formula", "error")),
+    "scored_by",
     "in_training_set",
     "n_duplicates",
     "source",
@@ -150,6 +160,44 @@ def kappa_sigma_plot(ranked: pd.DataFrame, path: Path) -> Any:
     return fig
 
 
+def agreement_plot(tier1: dict[str, Any] | None, n_pool: int, path: Path) -> Any:
+    """Student vs champion log10 κ on the held-out teacher rows (or why there is no funnel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=120)
+    held = (tier1 or {}).get("holdout") or {}
+    if not held.get("champion"):
+        ax.axis("off")
+        ax.text(
+            0.02, 0.5,
+            f"no tier-1 surrogate: the champion scored all {n_pool} structures\n"
+            "(pool not larger than screen.funnel.teacher_size + 2 x shortlist, or funnel off)",
+            fontsize=8, va="center",
+        )  # fmt: skip
+    else:
+        c, s = np.asarray(held["champion"]), np.asarray(held["student"])
+        ag = tier1["agreement"]  # type: ignore[index]
+        ax.scatter(c, s, s=6, alpha=0.5, lw=0)
+        lo, hi = float(min(c.min(), s.min())), float(max(c.max(), s.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="1:1")
+        ax.set_xlabel("champion log10 κ (W/m/K)")
+        ax.set_ylabel("tier-1 student log10 κ (W/m/K)")
+        ax.set_title(
+            f"held-out teacher rows (n={len(c)}): ρ={ag['spearman']:.3f}, "
+            f"MAE={ag['log10_mae']:.3f}\n"
+            f"top/bottom recall {ag['top_recall']:.2f}/{ag['bottom_recall']:.2f}",
+            fontsize=9,
+        )
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return fig
+
+
 def _top(ranked: pd.DataFrame, n: int, in_domain_only: bool, high: bool) -> pd.DataFrame:
     pool = ranked[ranked["in_domain"]] if in_domain_only else ranked
     return (pool.head(n) if high else pool.iloc[::-1].head(n)).reset_index(drop=True)
@@ -173,10 +221,17 @@ def screen_headline(summary: dict[str, Any]) -> dict[str, Any]:
         summary: the full ``summary.json`` record (a plain DVC out: strings, per-dataset counts).
 
     Returns:
-        ``n_scored``, ``n_ood``, ``n_quarantined``, ``throughput_per_s`` (absent keys: None, left
-        out of the file by :func:`~kappaflow.io_utils.write_metrics`).
+        ``n_scored``, ``n_ood``, ``n_quarantined``, ``throughput_per_s`` and, when the funnel
+        ran, the student's agreement with the champion on held-out teacher rows
+        (``surrogate_spearman``, ``surrogate_top_recall``, ``surrogate_bottom_recall``); absent
+        keys are None, left out of the file by :func:`~kappaflow.io_utils.write_metrics`.
     """
-    return {k: summary.get(k) for k in ("n_scored", "n_ood", "n_quarantined", "throughput_per_s")}
+    head = {k: summary.get(k) for k in ("n_scored", "n_ood", "n_quarantined", "throughput_per_s")}
+    agree = (summary.get("funnel") or {}).get("agreement") or {}
+    head["surrogate_spearman"] = agree.get("spearman")
+    head["surrogate_top_recall"] = agree.get("top_recall")
+    head["surrogate_bottom_recall"] = agree.get("bottom_recall")
+    return head
 
 
 def _no_champion(out: Path, reason: str) -> dict[str, Any]:
@@ -238,40 +293,38 @@ def screen_stage(
     train_dataset = model.spec.get("meta", {}).get("dataset")
     pool = load_pool(cfg, extra_dirs, include_datasets=not only_dirs)
     batch = int(sc.batch_size)
+    funnel = FunnelSettings.from_mapping(sc.get("funnel"))
+    n_prepared = int((pool.index["row"] >= 0).sum())
+    use_funnel = funnel.applies(n_prepared)
 
     with start_stage_run(
         cfg,
         "screen",
         run_name="screen",
         dvc_stage="screen",
-        tags={"model_uri": uri},
+        tags={"model_uri": uri, "funnel": str(use_funnel).lower()},
         params=["screen", "graphs", "validation"],
     ) as run:
         if run is not None:
             log_dataset(pool.index.drop(columns=["row"]), name="screen_pool", context="screen")
-        frames = []
-        streamed_sg: list[int] = []
-
-        def tap(items: Iterator[Item]) -> Iterator[Item]:
-            for it in items:  # space groups of user files are only known after parsing
-                streamed_sg.append(it.spacegroup)
-                yield it
-
         val = cfg.get("validation") or {}
-        items = iter_items(
+        champion = ChampionScorer(
             pool,
-            ensemble.graph.cutoff,
+            ensemble,
+            domain,
+            batch,
             float(val.get("symprec", 0.1)),
             str(val.get("symmetry_backend", "spglib")),
             _screen_options(cfg, ensemble.graph.cutoff),
         )
         t0 = time.perf_counter()
         with tqdm(total=pool.n_total, desc="screen", unit="crystal") as bar:
-            for frame in predict_stream(ensemble, domain, tap(items), batch):
-                frames.append(frame)
-                bar.update(len(frame))
+            if use_funnel:
+                scored, tier1 = funnel_scores(pool, champion, funnel, int(cfg.seed), bar)
+            else:
+                log.info("screen: the champion scores all %d structures", pool.n_total)
+                scored, tier1 = champion.score(np.arange(pool.n_total), bar), None
         scoring_s = time.perf_counter() - t0
-        scored = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id"])
         index = pool.index.reset_index(drop=True)
         if (
             len(scored) != len(index)
@@ -280,9 +333,6 @@ def screen_stage(
             raise RuntimeError("screen: predictions are not aligned with the pool index")
         scored = scored.assign(
             dataset=index["dataset"],
-            spacegroup=np.where(
-                np.asarray(streamed_sg) != -1, streamed_sg, index["spacegroup"].to_numpy()
-            ),
             n_duplicates=index["n_duplicates"],
             source=index["source"].map(
                 {s: escape_control(relative_source(s, root)) for s in index["source"].unique()}
@@ -317,13 +367,15 @@ def screen_stage(
                 f"{pool.n_total} structures in the pool"
             )
         top_n, dom_only = int(sc.top_n), bool(sc.top_in_domain_only)
-        top_high = _top(ranked, top_n, dom_only, high=True)
-        top_low = _top(ranked, top_n, dom_only, high=False)
+        by_champion = ranked[ranked["scored_by"] == CHAMPION].reset_index(drop=True)
+        top_high = _top(by_champion, top_n, dom_only, high=True)
+        top_low = _top(by_champion, top_n, dom_only, high=False)
         for_csv(ranked).to_csv(out / "ranked.csv", index=False)
         for_csv(top_high).to_csv(out / "top_high.csv", index=False)
         for_csv(top_low).to_csv(out / "top_low.csv", index=False)
         quarantine.to_csv(out / "quarantine.csv", index=False)
-        fig = kappa_sigma_plot(ranked, out / "kappa_vs_sigma.png")
+        fig = kappa_sigma_plot(by_champion, out / "kappa_vs_sigma.png")
+        fig_agree = agreement_plot(tier1, pool.n_total, out / "surrogate_agreement.png")
         wall = time.perf_counter() - t_start
         summary = {
             "model_uri": uri,
@@ -346,6 +398,9 @@ def screen_stage(
             "wall_s": wall,
             "batch_size": batch,
             "top_n": top_n,
+            "n_champion": int((scored["scored_by"] == CHAMPION).sum()),
+            "n_surrogate": int((scored["scored_by"] != CHAMPION).sum()),
+            "funnel": None if tier1 is None else {k: v for k, v in tier1.items() if k != "holdout"},
         }
         write_json(out / "summary.json", summary)
         write_metrics(out / "headline.json", screen_headline(summary))
@@ -360,7 +415,10 @@ def screen_stage(
                     if math.isfinite(float(summary[k]))
                 }
             )
+            agree = (tier1 or {}).get("agreement") or {}
+            mlflow.log_metrics({f"surrogate_{k}": float(v) for k, v in agree.items()})
             log_figure(fig, "screen/kappa_vs_sigma.png")
+            log_figure(fig_agree, "screen/surrogate_agreement.png")
             for name in ("ranked.csv", "top_high.csv", "top_low.csv", "quarantine.csv"):
                 log_artifact(out / name, "screen")
             log_artifact(out / "summary.json", "screen")
@@ -368,6 +426,7 @@ def screen_stage(
             import matplotlib.pyplot as plt
 
             plt.close(fig)
+            plt.close(fig_agree)
     log.info(
         "screen: %d scored (%d out of domain), %d quarantined, %.1f crystals/s, %.1f s",
         len(ranked), summary["n_ood"], len(quarantine), summary["throughput_per_s"], wall,

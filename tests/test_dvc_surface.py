@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: declare only the card keys they read; the whole-``datasets`` declarations of the multi-dataset
 #: stages (evaluate, extrapolate, pretrain_size, screen, domain: 241 leaves) are most of it. A
 #: stage that declares another big subtree whole (``sweep``, ``tracking``...) fails here.
-PARAM_COLUMNS_MAX = 610  # + datasets.<name>.max_rows (14 cards: smoke sampling) + phonons (32)
-#                         + transfer.strategies.stack (10 leaves)
+PARAM_COLUMNS_MAX = 640  # + datasets.<name>.max_rows (14 cards: smoke sampling) + phonons (32)
+#                         + transfer.strategies.stack (10 leaves) + verify (25: its κ settings
+#                         are a resolved copy of phonons.kappa.settings, 14)
 #: Keys of a dataset card that only document it: no stage output depends on them.
 CARD_DOC_KEYS = ("description", "citation", "fidelity", "role", "temperature_k", "name")
 

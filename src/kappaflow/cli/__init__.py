@@ -1,9 +1,9 @@
 """``kappaflow`` command line: ``config dump``, ``data report`` and the tools of the subpackages.
 
 Stage entry points live in ``pipelines/`` (run by DVC); this CLI holds the user-facing tools.
-Subcommands owned by a subpackage (``predict``, ``screen``, ``sweep``, ``server``) are added by that
-package's ``add_parser(subparsers)`` (listed in :data:`SUBCOMMAND_MODULES`); those modules must
-import only light dependencies at module level so ``kappaflow --help`` stays fast.
+Subcommands owned by a subpackage (``predict``, ``screen``, ``verify``, ``sweep``, ``server``) are
+added by that package's ``add_parser(subparsers)`` (listed in :data:`SUBCOMMAND_MODULES`); those
+modules must import only light dependencies at module level so ``kappaflow --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ kappaflow: lattice thermal conductivity (κ_L, W/m/K) of crystals from the shell
 
 The pipeline itself runs with DVC (kappaflow repro, or dvc repro; see README.md). These
 commands show its configuration and data, predict κ for your structure files with the
-registered champion model, screen structure folders, run hyperparameter sweeps and serve the
-MLflow UI.
+registered champion model, check it from phonons (phono3py with a universal potential),
+screen structure folders, run hyperparameter sweeps and serve the MLflow UI.
 """
 
 EPILOG = """\
 examples:
   kappaflow repro                          dvc repro with a stage k of n / time-left line
   kappaflow predict PbTe.cif POSCAR_Si     κ with intervals for two structure files
+  kappaflow verify PbTe.cif                κ from phonons (phono3py, universal potential)
   kappaflow data report                    rows read / valid / quarantined per dataset
   kappaflow config dump > params.yaml      recompose params.yaml after editing conf/
 
@@ -39,6 +40,7 @@ Each command explains itself: kappaflow <command> --help
 #: Modules that add their own subcommands: each defines ``add_parser(subparsers) -> None``.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "kappaflow.cli.predict",  # predict, screen
+    "kappaflow.cli.verify",  # verify
     "kappaflow.cli.sweep",  # sweep
     "kappaflow.cli.repro",  # repro
     "kappaflow.tracking.server",  # server

@@ -30,7 +30,6 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from kappaflow.evaluation.families import families_of, family_error_section
-from kappaflow.evaluation.metrics import LOG10_2
 from kappaflow.evaluation.paired import paired_comparison
 from kappaflow.evaluation.protocol import (
     cross_validate,
@@ -46,6 +45,7 @@ from kappaflow.phonons.batch import compute_descriptors
 from kappaflow.phonons.conductivity import KAPPA_FLAGS, KappaSettings
 from kappaflow.phonons.descriptors import DESCRIPTOR_COLUMNS, FLAGS, PhononSettings
 from kappaflow.phonons.potential import potential_card
+from kappaflow.phonons.validation import kappa_table_path, kappa_validation, validation_markdown
 from kappaflow.stages.common import finish_study
 from kappaflow.structure.crystal import CrystalArrays
 from kappaflow.structure.families import structure_family
@@ -307,30 +307,6 @@ def _study(
     return metrics, ["\n".join(lines)]
 
 
-def _kappa_validation(cfg: DictConfig, kappas: dict[str, pd.DataFrame]) -> str:
-    """phono3py κ against each dataset's labels, every compound (no fit involved)."""
-    lines = [
-        "| dataset | compounds with κ | log10-MAE | within 2× | Spearman | median κ_phono3py / "
-        "label |",
-        "|---|---|---|---|---|---|",
-    ]
-    for dataset, frame in kappas.items():
-        table, _ = kappa_table(cfg, dataset)
-        k = frame.set_index("id").loc[table.id.astype(str), "ph3_kappa_w_mk"].to_numpy(float)
-        ok = np.isfinite(k) & (k > 0)
-        if not ok.any():
-            lines.append(f"| {dataset} | 0 | – | – | – | – |")
-            continue
-        ratio = np.log10(k[ok]) - np.log10(table.kappa.to_numpy(float)[ok])
-        rho = pd.Series(k[ok]).corr(pd.Series(table.kappa.to_numpy(float)[ok]), method="spearman")
-        lines.append(
-            f"| {dataset} | {int(ok.sum())}/{len(table)} | {np.abs(ratio).mean():.3f} | "
-            f"{100 * np.mean(np.abs(ratio) <= LOG10_2):.0f} % | {rho:.3f} | "
-            f"{10 ** np.median(ratio):.2f} |"
-        )
-    return "\n".join(lines)
-
-
 def _coverage_section(frames: dict[str, pd.DataFrame], flags: tuple[str, ...] = FLAGS) -> str:
     lines = [
         "| dataset | structures | computed | "
@@ -383,7 +359,7 @@ def phonons_stage(cfg: DictConfig) -> dict[str, Any]:
         kappas: dict[str, pd.DataFrame] = {}
         for dataset in pcfg.kappa.datasets:
             frame = descriptor_table(cfg, str(dataset), kind="kappa")
-            frame.to_parquet(tables / f"{dataset}_kappa.parquet", index=False)
+            frame.to_parquet(kappa_table_path(root, str(dataset)), index=False)
             kappas[str(dataset)] = frame
         sections = [
             f"Potential: {card.name} ({card.package} {card.model}; trained on "
@@ -397,7 +373,9 @@ def phonons_stage(cfg: DictConfig) -> dict[str, Any]:
                 "RTA at 300 K from the potential's second- and third-order force constants; "
                 f"settings {OmegaConf.to_container(pcfg.kappa.settings, resolve=True)}.",
                 _coverage_section(kappas, KAPPA_FLAGS),
-                _kappa_validation(cfg, kappas),
+                validation_markdown(
+                    kappa_validation(kappas, {d: kappa_table(cfg, d)[0] for d in kappas})
+                ),
             ]
         for dataset in study_sets:
             m, parts = _study(cfg, dataset, frames[dataset], kappas.get(dataset))

@@ -8,6 +8,7 @@ report, metrics and MLflow run. One test computes a real κ (2-atom NaCl, tiny s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -201,7 +202,8 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_db: str):
     pd.DataFrame(high).to_csv(screen / "top_high.csv", index=False)
     pd.DataFrame(low).to_csv(screen / "top_low.csv", index=False)
     cfg = load_params(
-        tmp_path / "params.yaml", ["verify.n_high=3", "verify.n_low=4", "verify.workers=1"]
+        tmp_path / "params.yaml",
+        ["verify.n_high=3", "verify.n_low=4", "verify.workers=1", "verify.one_per_formula=false"],
     )
     return tmp_path, cfg
 
@@ -409,3 +411,37 @@ def test_one_set_of_kappa_settings_and_a_small_smoke_run():
     assert smoke.verify.n_high + smoke.verify.n_low <= 2
     assert smoke.verify.max_primitive_atoms <= 2
     assert smoke.verify.settings.mesh <= 4 and smoke.verify.settings.max_fc3_atoms <= 64
+
+
+def test_the_walk_passes_over_polymorphs_and_costly_cells(scratch, monkeypatch):
+    from kappaflow.phonons import plan as plan_module
+    from kappaflow.stages import verify
+
+    root, cfg = scratch
+    rows = [
+        _top_row("mp-si", "paraisite_d1", "Si", 500.0, D1_SOURCE),
+        _top_row("mp-si", "paraisite_d1", "Si", 400.0, D1_SOURCE),  # same formula again
+        _top_row("mp-nacl", "paraisite_d1", "NaCl", 6.0, D1_SOURCE),
+        _top_row("mp-kcl", "paraisite_d1", "KCl", 5.0, D1_SOURCE),
+    ]
+    top = pd.DataFrame(rows).assign(side="high", kappa_ml=1.0)
+
+    def fake_plan(crystal, settings):  # Si too costly, NaCl cheap (force-atoms)
+        return plan_module.ForcePlan(9000 if set(crystal.numbers) == {14} else 100, 1, 0, 1)
+
+    monkeypatch.setattr(plan_module, "force_plan", fake_plan)
+    vc = verify.VerifyConfig.from_cfg(cfg, root)
+    vc = dataclasses.replace(vc, max_force_atoms=6000, one_per_formula=True)
+    picked, crystals, reasons = verify.pick_candidates(cfg, top, 1, vc, root)
+    assert picked["id"].tolist() == ["mp-si", "mp-si", "mp-nacl"]  # mp-kcl: beyond n = 1
+    assert reasons[0] == (
+        "9000 atoms in 9000 + 0 displaced supercells > verify.max_force_atoms=6000 (CPU budget)"
+    )
+    assert reasons[1].startswith("9000 atoms")  # costly, not a polymorph: Si was not picked
+    assert reasons[2] == "" and crystals[2] is not None
+    vc = dataclasses.replace(vc, max_force_atoms=None)
+    picked, _, reasons = verify.pick_candidates(cfg, top, 2, vc, root)
+    assert picked["id"].tolist() == ["mp-si", "mp-si", "mp-nacl"]
+    assert (
+        reasons[1] == "polymorph of Si ranked higher (mp-si) is verified (verify.one_per_formula)"
+    )

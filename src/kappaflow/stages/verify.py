@@ -7,7 +7,8 @@ and the dataset cards (their labels).
 
 1. Candidates: walking down ``<verify.screen_dir>/top_high.csv`` and ``top_low.csv`` in rank
    order until ``verify.n_high`` / ``verify.n_low`` crystals fit the CPU budget
-   (``verify.max_primitive_atoms``; the larger ones passed over are kept with that reason)
+   (:func:`pick_candidates`: one polymorph per formula, ``verify.max_primitive_atoms``,
+   ``verify.max_force_atoms``; the ones passed over are kept with the reason)
    (ML κ, σ, 95 % interval, domain flag). Each structure
    is read back from where the screen read it: the prepared table named by ``source`` (pool
    rows, looked up by ``id``) or the user's file (``dataset == "user"``, parsed and checked with
@@ -134,6 +135,10 @@ class VerifyConfig:
         reuse_caches: read-only caches whose matching records are copied into ``cache_dir``.
         max_primitive_atoms: a candidate with more atoms in its primitive cell is not computed
             (CPU budget); None: no limit.
+        max_force_atoms: a candidate whose displaced supercells hold more atoms in all
+            (:func:`~kappaflow.phonons.plan.force_plan`, the cost of its force calls) is not
+            computed (CPU budget); None: no limit.
+        one_per_formula: verify only the best-ranked polymorph of each reduced formula.
         workers: worker processes (one core each).
         device: ``cpu`` / ``cuda`` / ``auto`` for the potential.
         disagreement_factor: ML and phono3py disagree beyond this ratio (either way).
@@ -144,6 +149,8 @@ class VerifyConfig:
     cache_dir: Path
     reuse_caches: tuple[Path, ...] = ()
     max_primitive_atoms: int | None = None
+    max_force_atoms: int | None = None
+    one_per_formula: bool = True
     workers: int = 2
     device: str = "cpu"
     disagreement_factor: float = 3.0
@@ -161,6 +168,10 @@ class VerifyConfig:
             cache_dir=root / str(node.cache_dir),
             reuse_caches=tuple(root / str(p) for p in node.get("reuse_caches") or ()),
             max_primitive_atoms=None if limit is None else int(limit),
+            max_force_atoms=None
+            if node.get("max_force_atoms") is None
+            else int(node.max_force_atoms),
+            one_per_formula=bool(node.get("one_per_formula", True)),
             workers=int(node.workers),
             device=str(node.device),
             disagreement_factor=float(node.disagreement_factor),
@@ -306,33 +317,60 @@ def physics_kappa(
 
 
 def pick_candidates(
-    cfg: DictConfig, top: pd.DataFrame, n: int, limit: int | None, root: Path
+    cfg: DictConfig, top: pd.DataFrame, n: int, vc: VerifyConfig, root: Path
 ) -> tuple[pd.DataFrame, list[CrystalArrays | None], list[str]]:
     """Walk down a top list until ``n`` candidates fit the CPU budget.
 
-    Rows are read in rank order; a row whose structure cannot be read or whose primitive cell
-    has more than ``limit`` atoms is kept with its reason (it is accounted for, not computed)
-    and the walk goes on, so the ``n`` best-ranked computable crystals are verified. Rows after
-    the ``n``-th computable one are not candidates.
+    Rows are read in rank order. A row is passed over, and kept with its reason (accounted for,
+    not computed), when its structure cannot be read, a better-ranked polymorph of its formula
+    was picked (``vc.one_per_formula``), its primitive cell has more than
+    ``vc.max_primitive_atoms`` atoms, or its displaced supercells exceed the settings' atom
+    guards or hold more than ``vc.max_force_atoms`` atoms (:func:`~kappaflow.phonons.plan.
+    force_plan`); the walk goes on, so the ``n`` best-ranked computable crystals are verified.
+    Rows after the ``n``-th computable one are not candidates.
 
     Returns:
         ``(candidates, crystals, reasons)``, one entry per candidate row.
     """
+    from kappaflow.phonons.plan import force_plan
+
     crystals, reasons = candidate_crystals(cfg, top, root)
-    keep, fits = [], 0
+    keep, fits, formulas = [], 0, {}
     for i, crystal in enumerate(crystals):
         if fits >= n:
             break
         keep.append(i)
         if reasons[i] or crystal is None:
             continue
+        formula = str(top["formula"].iloc[i])
+        if vc.one_per_formula and formula in formulas:
+            reasons[i] = (
+                f"polymorph of {formula} ranked higher ({formulas[formula]}) is verified "
+                "(verify.one_per_formula)"
+            )
+            continue
         n_prim = primitive_atoms(crystal)
+        limit = vc.max_primitive_atoms
         if limit is not None and n_prim > limit:
             reasons[i] = (
                 f"{n_prim} atoms in the primitive cell > verify.max_primitive_atoms={limit} "
                 "(CPU budget)"
             )
             continue
+        plan = force_plan(crystal, vc.kappa)
+        if plan.n_fc3 < 0:
+            reasons[i] = (
+                f"supercells of {plan.fc3_atoms} (fc3) / {plan.fc2_atoms} (fc2) atoms exceed "
+                f"max_fc3_atoms={vc.kappa.max_fc3_atoms} / max_fc2_atoms={vc.kappa.max_fc2_atoms}"
+            )
+            continue
+        if vc.max_force_atoms is not None and plan.force_atoms > vc.max_force_atoms:
+            reasons[i] = (
+                f"{plan.force_atoms} atoms in {plan.n_fc3} + {plan.n_fc2} displaced supercells > "
+                f"verify.max_force_atoms={vc.max_force_atoms} (CPU budget)"
+            )
+            continue
+        formulas[formula] = str(top["id"].iloc[i])
         fits += 1
     return (
         top.iloc[keep].reset_index(drop=True),
@@ -634,9 +672,7 @@ def verify_stage(cfg: DictConfig) -> dict[str, Any]:
     out = root / str(node.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     picks = [
-        pick_candidates(
-            cfg, read_top(screen_dir / TOP_FILES[side], None, side), n, vc.max_primitive_atoms, root
-        )
+        pick_candidates(cfg, read_top(screen_dir / TOP_FILES[side], None, side), n, vc, root)
         for side, n in (("high", int(node.n_high)), ("low", int(node.n_low)))
     ]
     candidates = pd.concat([p[0] for p in picks], ignore_index=True)

@@ -184,17 +184,14 @@ def tier2_seconds(cfg: Any, n: int) -> dict[str, Any]:
     The ``n`` smallest primitive cells of D1's rocksalt / zincblende compounds, computed in one
     process into a temporary cache (nothing reused).
     """
-    from omegaconf import OmegaConf
-
-    from kappaflow.layout import interim_dir, load_prepared
+    from kappaflow.layout import interim_dir, load_prepared, project_root
     from kappaflow.phonons.batch import compute_descriptors
-    from kappaflow.phonons.conductivity import KappaSettings
+    from kappaflow.stages.verify import VerifyConfig
     from kappaflow.structure.crystal import CrystalArrays
     from kappaflow.structure.families import structure_family
 
-    node = cfg.get("verify") or cfg.phonons.kappa
-    potential = str(node.get("potential") or cfg.phonons.potential)
-    settings = KappaSettings(**OmegaConf.to_container(node.settings, resolve=True))
+    vc = VerifyConfig.from_cfg(cfg, project_root())
+    potential, settings = vc.potential, vc.kappa
     table = load_prepared(interim_dir(cfg, "paraisite_d1"))
     fam = [
         structure_family(str(f), int(g))

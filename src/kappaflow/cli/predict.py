@@ -104,16 +104,9 @@ def _load_cfg() -> Any:
 
 def _options(cfg: Any) -> Any:
     """Return the ``validation`` limits of ``params.yaml``, or the defaults without one."""
-    from omegaconf import OmegaConf
-
     from kappaflow.data.validation import ValidationOptions
 
-    if cfg is None or cfg.get("validation") is None:
-        return ValidationOptions()
-    raw = OmegaConf.to_container(cfg.validation, resolve=True)
-    assert isinstance(raw, dict)
-    raw.pop("n_jobs", None)
-    return ValidationOptions.from_mapping(raw)
+    return ValidationOptions.for_structures(None if cfg is None else cfg.get("validation"))
 
 
 def _cif_text(path: Path, opts: Any) -> str:

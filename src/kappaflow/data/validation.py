@@ -174,6 +174,28 @@ class ValidationOptions:
             raise KeyError(f"unknown validation option(s) {unknown}; known: {sorted(known)}")
         return cls(**raw)
 
+    @classmethod
+    def for_structures(cls, node: Any, cutoff: float | None = None) -> ValidationOptions:
+        """Build from a config's ``validation`` node, for checking structures one by one.
+
+        ``n_jobs`` (``prepare``'s worker count, not a limit) is left out; None gives the
+        defaults.
+
+        Args:
+            node: ``cfg.validation`` (an OmegaConf node or mapping), or None.
+            cutoff: overrides ``cutoff`` (Å), e.g. with a model's graph cutoff.
+        """
+        raw: dict[str, Any] = {}
+        if node is not None:
+            from omegaconf import OmegaConf
+
+            if OmegaConf.is_config(node):
+                node = OmegaConf.to_container(node, resolve=True)
+            raw = {str(k): v for k, v in dict(node).items() if k != "n_jobs"}
+        if cutoff is not None:
+            raw["cutoff"] = cutoff
+        return cls.from_mapping(raw)
+
 
 @dataclass(frozen=True)
 class ValidRecord:

@@ -179,8 +179,8 @@ def funnel_scores(
 
     t = time.perf_counter()
     lattices, numbers = read_pool_arrays(index.iloc[prepared])
-    x_all = pool_features(index["spacegroup"].to_numpy()[prepared], lattices, numbers)
     counts_all = element_count_matrix(numbers)
+    x_all = pool_features(index["spacegroup"].to_numpy()[prepared], lattices, numbers, counts_all)
     at = np.full(len(index), -1)
     at[prepared] = np.arange(len(prepared))
     usable = np.isfinite(x_all).all(axis=1)
@@ -196,9 +196,9 @@ def funnel_scores(
     seconds["student_fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    rest_ok = rest[usable[at[rest]]]
-    pred = np.full(len(rest), np.nan)
     ok_mask = usable[at[rest]]
+    rest_ok = rest[ok_mask]
+    pred = np.full(len(rest), np.nan)
     if len(rest_ok):
         pred[ok_mask] = student.predict(x_all[at[rest_ok]])
     seconds["student_predict"] = time.perf_counter() - t

@@ -139,7 +139,10 @@ def element_count_matrix(numbers: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def pool_features(
-    spacegroups: np.ndarray, lattices: np.ndarray, numbers: Sequence[np.ndarray]
+    spacegroups: np.ndarray,
+    lattices: np.ndarray,
+    numbers: Sequence[np.ndarray],
+    counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Student inputs: 132 Magpie statistics of the cell's composition + the cell scalars.
 
@@ -152,6 +155,7 @@ def pool_features(
         spacegroups: ``[N]`` space-group numbers (-1: symmetry search failed).
         lattices: ``[N, 3, 3]`` (Å).
         numbers: atomic numbers per cell.
+        counts: their :func:`element_count_matrix` when the caller has it already.
 
     Returns:
         ``[N, 132 + len(SCALAR_NAMES)]`` float64 (non-finite values possible for degenerate
@@ -162,7 +166,7 @@ def pool_features(
     from kappaflow.models.stack_head import magpie_from_counts, magpie_table_tensor
 
     table = magpie_table_tensor()
-    counts = element_count_matrix(numbers)
+    counts = element_count_matrix(numbers) if counts is None else counts
     blocks = []
     for lo in range(0, len(counts), 8192):  # bounded memory: [chunk, elements, 22] at a time
         blocks.append(magpie_from_counts(torch.from_numpy(counts[lo : lo + 8192]), table).numpy())

@@ -203,17 +203,6 @@ def _top(ranked: pd.DataFrame, n: int, in_domain_only: bool, high: bool) -> pd.D
     return (pool.head(n) if high else pool.iloc[::-1].head(n)).reset_index(drop=True)
 
 
-def _screen_options(cfg: DictConfig, cutoff: float) -> ValidationOptions:
-    """Return the ``validation`` limits for user files, with the model graph ``cutoff`` (Å)."""
-    from omegaconf import OmegaConf
-
-    raw = OmegaConf.to_container(cfg.get("validation") or {}, resolve=True)
-    assert isinstance(raw, dict)
-    raw.pop("n_jobs", None)
-    raw["cutoff"] = cutoff
-    return ValidationOptions.from_mapping(raw)
-
-
 def screen_headline(summary: dict[str, Any]) -> dict[str, Any]:
     """Return the DVC metrics of ``screen`` (``headline.json``): counts, throughput (1/s).
 
@@ -315,7 +304,7 @@ def screen_stage(
             batch,
             float(val.get("symprec", 0.1)),
             str(val.get("symmetry_backend", "spglib")),
-            _screen_options(cfg, ensemble.graph.cutoff),
+            ValidationOptions.for_structures(cfg.get("validation"), ensemble.graph.cutoff),
         )
         t0 = time.perf_counter()
         with tqdm(total=pool.n_total, desc="screen", unit="crystal") as bar:

@@ -178,14 +178,6 @@ class VerifyConfig:
         )
 
 
-def validation_options(cfg: DictConfig) -> ValidationOptions:
-    """Return the ``validation`` limits of the config (parsing and checks of user files)."""
-    raw = OmegaConf.to_container(cfg.get("validation") or {}, resolve=True)
-    assert isinstance(raw, dict)
-    raw.pop("n_jobs", None)
-    return ValidationOptions.from_mapping({str(k): v for k, v in raw.items()})
-
-
 def read_structure(path: str | Path, opts: ValidationOptions) -> tuple[CrystalArrays | None, str]:
     """Parse and check one structure file (CIF, POSCAR...): ``(crystal, "")`` or ``(None, reason)``.
 
@@ -457,7 +449,7 @@ def candidate_crystals(
             row = table.loc[mid]
             crystals[i] = CrystalArrays.from_row(row["lattice"], row["numbers"], row["frac_coords"])
     if user.any():
-        opts = validation_options(cfg)
+        opts = ValidationOptions.for_structures(cfg.get("validation"))
         for i in np.flatnonzero(user):
             crystals[i], reasons[i] = read_structure(_under(root, str(frame.at[i, "source"])), opts)
     return crystals, reasons
@@ -783,7 +775,7 @@ def verify_files(
         vc = replace(vc, workers=int(workers))
     if device is not None:
         vc = replace(vc, device=str(device))
-    opts = validation_options(cfg)
+    opts = ValidationOptions.for_structures(cfg.get("validation"))
     parsed = [read_structure(f, opts) for f in files]
     crystals = [c for c, _ in parsed]
     formulas = [

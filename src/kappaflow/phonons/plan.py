@@ -7,17 +7,22 @@ relaxation and without a potential: a second or two per structure. The cost of t
 is dominated by the force calls, so ``force_atoms`` (displaced supercells × their atoms, fc3 and
 fc2) ranks structures by wall time: Spearman 0.95 against the measured seconds of the 66 D1
 compounds with SevenNet-0 on one core (2-atom rocksalt 204-2,120 force-atoms, 2-25 s; c-BN and
-BeO 15,456, 480-570 s). Kept apart from :mod:`~kappaflow.phonons.conductivity` so that its
-source (part of every κ cache key) does not change.
+BeO 15,456, 480-570 s). The set-up is the calculation's own
+(:func:`~kappaflow.phonons.conductivity.supercells`,
+:func:`~kappaflow.phonons.conductivity.displaced_phono3py`).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
-from kappaflow.phonons.conductivity import SYMPREC, KappaSettings, _n_atoms
-from kappaflow.phonons.descriptors import _atoms, supercell_matrix
+from kappaflow.phonons.conductivity import (
+    SYMPREC,
+    KappaSettings,
+    displaced_phono3py,
+    supercells,
+)
+from kappaflow.phonons.descriptors import _atoms
 from kappaflow.structure.crystal import CrystalArrays
 
 
@@ -50,31 +55,13 @@ def force_plan(crystal: CrystalArrays, settings: KappaSettings) -> ForcePlan:
     displacements (``n_fc3 = n_fc2 = -1``): the calculation refuses them anyway.
     """
     from ase.spacegroup.symmetrize import refine_symmetry
-    from phono3py import Phono3py
-    from phonopy.structure.atoms import PhonopyAtoms
 
     atoms = _atoms(crystal)
-    fc3_matrix = supercell_matrix(atoms.cell[:], settings.fc3_min_length)
-    fc2_matrix = supercell_matrix(atoms.cell[:], settings.fc2_min_length)
-    fc3_atoms = _n_atoms(fc3_matrix, len(atoms))
-    fc2_atoms = _n_atoms(fc2_matrix, len(atoms))
-    if fc3_atoms > settings.max_fc3_atoms or fc2_atoms > settings.max_fc2_atoms:
-        return ForcePlan(-1, fc3_atoms, -1, fc2_atoms)
+    cells = supercells(atoms, settings)
+    if cells.too_big(settings):
+        return ForcePlan(-1, cells.n_fc3, -1, cells.n_fc2)
     refine_symmetry(atoms, symprec=SYMPREC)
-    unit = PhonopyAtoms(
-        numbers=atoms.numbers, cell=atoms.cell[:], scaled_positions=atoms.get_scaled_positions()
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="primitive_matrix defaulted")
-        ph3 = Phono3py(
-            unit,
-            supercell_matrix=fc3_matrix,
-            primitive_matrix="auto",
-            phonon_supercell_matrix=fc2_matrix,
-        )
-    ph3.generate_displacements(
-        distance=settings.displacement, cutoff_pair_distance=settings.cutoff_pair_distance
-    )
+    ph3 = displaced_phono3py(atoms, cells, settings)
     n_fc3 = sum(s is not None for s in ph3.supercells_with_displacements)
     n_fc2 = len(ph3.phonon_supercells_with_displacements)
-    return ForcePlan(n_fc3, fc3_atoms, n_fc2, fc2_atoms)
+    return ForcePlan(n_fc3, cells.n_fc3, n_fc2, cells.n_fc2)

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: declare only the card keys they read; the whole-``datasets`` declarations of the multi-dataset
 #: stages (evaluate, extrapolate, pretrain_size, screen, domain: 241 leaves) are most of it. A
 #: stage that declares another big subtree whole (``sweep``, ``tracking``...) fails here.
-PARAM_COLUMNS_MAX = 640  # + datasets.<name>.max_rows (14 cards: smoke sampling) + phonons (32)
+PARAM_COLUMNS_MAX = 650  # + datasets.<name>.max_rows (14 cards: smoke sampling) + phonons (32)
+#                         + trainer.strategy, phonons.kappa method / lbte_max_gb (641 today)
 #                         + transfer.strategies.stack (10 leaves) + verify (25: its κ settings
 #                         are a resolved copy of phonons.kappa.settings, 14)
 #: Keys of a dataset card that only document it: no stage output depends on them.

@@ -3,6 +3,19 @@
 Shuffling uses :class:`EpochSeededSampler`, whose permutation is a pure function of
 ``(seed, epoch)``: Lightning calls ``set_epoch`` before every training epoch, so a run resumed from
 a checkpoint sees exactly the batches an uninterrupted run would have seen.
+
+Under DDP (``trainer.devices > 1``) every loader is sharded here, rank by rank:
+
+* training: the epoch's permutation, padded by repeating its start to a multiple of the world
+  size, dealt round-robin (rank ``r`` takes positions ``r, r + W, ...``; Lightning's
+  ``DistributedSamplerWrapper``). Step ``k`` of ``W`` ranks with ``batch_size`` B therefore covers
+  the same graphs as step ``k`` of one process with batch ``W * B`` when ``W * B`` divides the
+  split;
+* val/test: the split in order, padded to a multiple of the world size with copies of its first
+  graph whose targets are NaN (ignored by the masked metrics), dealt round-robin: every graph is
+  evaluated exactly once and every rank runs the same number of batches (DDP's per-forward buffer
+  sync needs that). The Lightning module gathers all ranks' rows before computing metrics;
+* predict: left to Lightning (an unrepeated distributed sampler).
 """
 
 from __future__ import annotations
@@ -13,8 +26,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler, Subset
+from torch.utils.data import Dataset, DistributedSampler, Sampler, Subset
 from torch_geometric.loader import DataLoader
 
 
@@ -49,6 +63,35 @@ class EpochSeededSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+class NaNPaddedSubset(Dataset[Any]):
+    """``Subset(dataset, idx)`` followed by copies of its first graph with all targets NaN.
+
+    Args:
+        dataset: indexable dataset of PyG ``Data`` with a float ``y``.
+        idx: rows of the split (non-empty).
+        size: total length (``>= len(idx)``).
+    """
+
+    def __init__(self, dataset: Dataset[Any], idx: Sequence[int], size: int) -> None:
+        if not idx or size < len(idx):
+            raise ValueError("NaNPaddedSubset needs a non-empty split and size >= len(idx)")
+        self.dataset = dataset
+        self.idx = list(idx)
+        self.size = int(size)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> Any:
+        if i < len(self.idx):
+            return self.dataset[self.idx[i]]
+        if i >= self.size:
+            raise IndexError(i)
+        pad = self.dataset[self.idx[0]].clone()
+        pad.y = torch.full_like(pad.y, float("nan"))
+        return pad
 
 
 def _as_index(idx: Sequence[int] | np.ndarray | Tensor | None) -> list[int]:
@@ -148,9 +191,29 @@ class GraphDataModule(L.LightningDataModule):
         """Return the raw training-split targets ``[N_train, T]`` (fit the transform on these)."""
         return dataset_targets(self.dataset, self.train_idx)
 
-    def _loader(self, idx: list[int], batch_size: int, shuffle: bool) -> DataLoader:
-        subset = Subset(self.dataset, idx)
-        sampler = EpochSeededSampler(len(idx), seed=self.seed, shuffle=shuffle)
+    def _world(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the attached trainer (``(1, 0)`` without one)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
+    def _loader(
+        self, idx: list[int], batch_size: int, shuffle: bool, shard: bool = True
+    ) -> DataLoader:
+        """Loader over ``idx``; with ``shard`` this rank's shard under DDP (module docstring)."""
+        world, rank = self._world() if shard else (1, 0)
+        subset: Dataset[Any] = Subset(self.dataset, idx)
+        sampler: Sampler[int] = EpochSeededSampler(len(idx), seed=self.seed, shuffle=shuffle)
+        if world > 1 and shuffle:
+            sampler = DistributedSamplerWrapper(
+                sampler, num_replicas=world, rank=rank, shuffle=False, drop_last=False
+            )
+        elif world > 1:
+            subset = NaNPaddedSubset(self.dataset, idx, -(-len(idx) // world) * world)
+            sampler = DistributedSampler(
+                subset, num_replicas=world, rank=rank, shuffle=False, drop_last=False
+            )
         return DataLoader(
             subset,  # type: ignore[arg-type]
             batch_size=batch_size,
@@ -177,4 +240,4 @@ class GraphDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Loader over ``predict_idx`` (default: the test split, else the validation split)."""
         idx = self.predict_idx if self.predict_idx is not None else (self.test_idx or self.val_idx)
-        return self._loader(idx, self.eval_batch_size, shuffle=False)
+        return self._loader(idx, self.eval_batch_size, shuffle=False, shard=False)

@@ -42,6 +42,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "cpu_threads": 1,
     "accelerator": "auto",
     "devices": 1,
+    "strategy": "auto",  # devices > 1: ddp_fork on CPU, ddp_spawn on GPU (resolve_cfg)
     "precision": "auto",
     "deterministic": "auto",
     "gradient_clip_val": 1.0,

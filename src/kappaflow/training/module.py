@@ -12,6 +12,10 @@ Learning-rate schedules (``scheduler.name``):
   validation epoch and saved in the checkpoint (Lightning does not step plateau schedulers on the
   first epoch after a resume; stepping it here keeps resumed runs identical).
 * ``none``: constant learning rate.
+
+Under DDP (``trainer.devices > 1``) validation/test metrics are computed once over the rows of
+all ranks (gathered at epoch end), so they equal the single-process metrics of the whole split;
+``train/loss`` is the mean over all ranks' batches (``sync_dist``). One process: no collectives.
 """
 
 from __future__ import annotations
@@ -157,6 +161,7 @@ class KappaLightningModule(L.LightningModule):
             on_epoch=True,
             batch_size=pred.shape[0],
             prog_bar=True,
+            sync_dist=self._distributed,  # epoch mean over all ranks' batches (one reduce/epoch)
         )
         return loss
 
@@ -202,16 +207,53 @@ class KappaLightningModule(L.LightningModule):
                 out[f"{stage}/{name}/mae_log10"] = mae_t[j]
         return out
 
+    @property
+    def _distributed(self) -> bool:
+        """Attached to a trainer with more than one process (DDP)."""
+        trainer = self._trainer
+        return trainer is not None and trainer.world_size > 1
+
+    def _gather_rows(self, pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Every rank's rows ``[sum N_r, T]`` on every rank (identity in one process).
+
+        Ranks may hold different row counts: the shorter ones are padded with NaN targets, which
+        the masked metrics ignore (as they do the datamodule's padding rows).
+        """
+        if not self._distributed:
+            return pred, y
+        counts = self.all_gather(torch.tensor(pred.shape[0], device=pred.device)).reshape(-1)
+        pad = int(counts.max()) - pred.shape[0]
+        if pad:
+            pred = torch.cat([pred, pred.new_zeros(pad, pred.shape[1])])
+            y = torch.cat([y, y.new_full((pad, y.shape[1]), float("nan"))])
+        return (
+            self.all_gather(pred).reshape(-1, pred.shape[1]),
+            self.all_gather(y).reshape(-1, y.shape[1]),
+        )
+
     def _eval_epoch_end(self, stage: str) -> None:
         buf = self._eval_buf[stage]
         self._eval_buf[stage] = []
-        if not buf:
+        if not buf and not self._distributed:
             return
-        pred = torch.cat([p for p, _ in buf]).float()
-        y = torch.cat([t for _, t in buf]).float()
+        n_targets = self.transform.n_targets
+        pred = torch.cat([p for p, _ in buf]).float() if buf else torch.zeros(0, n_targets)
+        y = torch.cat([t for _, t in buf]).float() if buf else torch.zeros(0, n_targets)
+        # DDP: metrics of the whole split (all ranks' rows), identical on every rank; the
+        # sync_dist mean of identical values changes nothing but keeps Lightning's reduction
+        # (and its "use sync_dist" warning) in line. One process: no collective at all.
+        pred, y = self._gather_rows(pred.to(self.device), y.to(self.device))
+        if pred.shape[0] == 0:
+            return
         metrics = self.split_metrics(stage, pred, y)
         metrics = {k: v for k, v in metrics.items() if torch.isfinite(v)}
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=pred.shape[0])
+        self.log_dict(
+            metrics,
+            on_step=False,
+            on_epoch=True,
+            batch_size=pred.shape[0],
+            sync_dist=self._distributed,
+        )
         fitting = self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
         if stage == "val" and fitting and self._plateau is not None:
             self._plateau.step(float(metrics[f"{stage}/loss"]))
@@ -229,7 +271,8 @@ class KappaLightningModule(L.LightningModule):
         opt = self.optimizers()
         opt = opt.optimizer if hasattr(opt, "optimizer") else opt
         for group in opt.param_groups:  # type: ignore[union-attr]
-            self.log(f"lr/{group.get('name', 'all')}", float(group["lr"]), on_epoch=True)
+            name = f"lr/{group.get('name', 'all')}"
+            self.log(name, float(group["lr"]), on_epoch=True, sync_dist=self._distributed)
 
     # ------------------------------------------------------------------ optimization
     def param_groups(self) -> list[dict[str, Any]]:

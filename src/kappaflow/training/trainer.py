@@ -42,12 +42,41 @@ LAST_CKPT = "last.ckpt"
 DEFAULTS: dict[str, Any] = TRAINER_DEFAULTS
 
 
+def num_devices(devices: Any, gpu: bool) -> int:
+    """Count the devices (processes) Lightning will use for the ``devices`` setting.
+
+    An int (``-1``: every GPU), a digit string, a list of device indices, or ``auto`` (every GPU
+    on a GPU, one process on CPU, like Lightning).
+    """
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
+        return len(devices)
+    if isinstance(devices, str):
+        devices = devices.strip()
+        if devices == "auto":
+            return max(torch.cuda.device_count(), 1) if gpu else 1
+        if "," in devices:
+            return len([d for d in devices.split(",") if d.strip()])
+        devices = int(devices)
+    n = int(devices)
+    if n == -1 and gpu:
+        return max(torch.cuda.device_count(), 1)
+    return max(n, 1)
+
+
 def resolve_cfg(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """Trainer config merged over :data:`DEFAULTS` with the ``auto`` values resolved.
 
     ``accelerator: auto`` → ``gpu`` if CUDA is available else ``cpu``; ``precision: auto`` →
     ``bf16-mixed`` on a bf16-capable GPU, else ``32-true``; ``deterministic: auto`` → True on CPU,
     False on GPU (scatter ops have no fast deterministic CUDA kernels).
+
+    ``strategy: auto`` stays ``auto`` (one device) when ``devices`` is 1. With more devices it
+    becomes DDP whose workers the calling process starts itself, so that it works from any entry
+    point (CLI, script, ``python -c``, pytest, notebook): ``ddp_fork`` on CPU (gloo; forked
+    workers share the in-memory graphs and start in well under a second) and ``ddp_spawn`` on a
+    GPU (a process that has touched CUDA cannot fork). Lightning's own choice, ``ddp``,
+    re-executes ``sys.argv`` as subprocesses, which re-runs pytest or fails under ``python -c``.
+    An explicit strategy is passed through unchanged.
     """
     cfg = {**DEFAULTS, **as_dict(trainer_cfg)}
     for key, default in DEFAULTS.items():  # nested nodes: missing keys from the defaults too
@@ -60,6 +89,10 @@ def resolve_cfg(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         cfg["precision"] = "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
     if cfg["deterministic"] == "auto":
         cfg["deterministic"] = not gpu
+    if cfg["strategy"] in ("auto", None) and num_devices(cfg["devices"], gpu) > 1:
+        cfg["strategy"] = "ddp_spawn" if gpu else "ddp_fork"
+    elif cfg["strategy"] is None:
+        cfg["strategy"] = "auto"
     return cfg
 
 
@@ -80,19 +113,23 @@ def _progress_bar(kind: str, refresh_rate: int) -> Callback | None:
 
 #: Lightning loggers whose INFO lines repeat on every fit (accelerator availability, the
 #: litlogger tip, one ``limit_*_batches`` line per limit, "fit stopped": ~8 lines per trainer,
-#: thousands in a smoke log). Their warnings still show.
+#: thousands in a smoke log; under DDP one "Initializing distributed" line per process and
+#: stage). Their warnings still show.
 CHATTY_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
     "lightning.pytorch.accelerators.cuda",
+    "lightning.fabric.utilities.distributed",
 )
 #: Lightning warnings about choices this package makes on purpose (regexes of their messages):
-#: small epochs below the logging interval, in-process data loading (graphs are in memory), and a
-#: deprecation inside Lightning itself. Every other warning still shows.
+#: small epochs below the logging interval, in-process data loading (graphs are in memory), and
+#: deprecations inside Lightning itself (a pytree check; the torch collective behind
+#: ``LightningModule.all_gather`` under DDP). Every other warning still shows.
 KNOWN_WARNINGS = (
     r".*is smaller than the logging interval",
     r".*does not have many workers",
     r".*isinstance\(treespec, LeafSpec\)",
+    r".*torch\.distributed\.nn\.functional\.all_gather is deprecated",
 )
 
 
@@ -106,6 +143,84 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+class TorchThreads(Callback):
+    """Set torch's intra-op threads at ``setup`` in every training process.
+
+    :func:`build_trainer` sets them in the calling process; DDP workers (``ddp_fork`` /
+    ``ddp_spawn``) are reset by Lightning to ``cores // processes``, so they set it again here.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = int(threads)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Apply the thread count."""
+        torch.set_num_threads(self.threads)
+
+
+#: Prefix of the keys :class:`FitSummary` adds to ``trainer.callback_metrics``.
+SUMMARY_PREFIX = "kappaflow_fit/"
+
+
+class FitSummary(Callback):
+    """Put the fit's outcome into ``trainer.callback_metrics`` at the end of ``trainer.fit``.
+
+    With a fork/spawn DDP strategy training runs in worker processes: Lightning sends rank 0's
+    weights, best checkpoint path and ``callback_metrics`` back to the calling process, but not
+    the state of the callbacks. :func:`fit` reads these keys (``kappaflow_fit/...``: best score,
+    first epoch, epochs run, stopped early, current epoch) and removes them again.
+    """
+
+    @staticmethod
+    def collect(trainer: L.Trainer) -> dict[str, Any]:
+        """Outcome of the fit as this process's callbacks saw it.
+
+        Keys: ``best_model_score`` (None if none), ``first_epoch`` (None if no epoch ran),
+        ``epochs_run``, ``stopped_early``, ``current_epoch``.
+        """
+        ckpt = trainer.checkpoint_callback
+        counter = next((c for c in trainer.callbacks if isinstance(c, EpochCounter)), None)  # type: ignore[attr-defined]
+        es = trainer.early_stopping_callback
+        return {
+            "best_model_score": getattr(ckpt, "best_model_score", None),
+            "first_epoch": counter.first_epoch if counter is not None else None,
+            "epochs_run": counter.epochs_run if counter is not None else 0,
+            "stopped_early": bool(es is not None and es.stopped_epoch > 0),
+            "current_epoch": int(trainer.current_epoch),
+        }
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Store :meth:`collect` in ``callback_metrics`` (tensors; None as NaN)."""
+        for key, value in self.collect(trainer).items():
+            if torch.is_tensor(value):
+                tensor = value.detach().cpu()
+            else:
+                tensor = torch.tensor(
+                    float("nan") if value is None else float(value), dtype=torch.float64
+                )
+            trainer.callback_metrics[SUMMARY_PREFIX + key] = tensor
+
+
+def _pop_summary(trainer: L.Trainer) -> dict[str, Any]:
+    """Remove the :class:`FitSummary` keys from ``trainer.callback_metrics``; return the values.
+
+    Falls back to :meth:`FitSummary.collect` of this process if no ``on_fit_end`` stored them.
+    """
+    metrics = trainer.callback_metrics
+    keys = [k for k in metrics if k.startswith(SUMMARY_PREFIX)]
+    stored = {k[len(SUMMARY_PREFIX) :]: metrics.pop(k) for k in keys}
+    if not stored:
+        return FitSummary.collect(trainer)
+    out: dict[str, Any] = {}
+    for key, tensor in stored.items():
+        if key == "best_model_score":
+            out[key] = None if torch.isnan(tensor) else tensor
+        else:
+            out[key] = None if torch.isnan(tensor) else int(tensor)
+    out["stopped_early"] = bool(out.get("stopped_early"))
+    return out
+
+
 def build_trainer(
     trainer_cfg: Mapping[str, Any] | None,
     out_dir: str | Path,
@@ -114,7 +229,8 @@ def build_trainer(
 ) -> L.Trainer:
     """Build a ``lightning.Trainer`` from the ``trainer`` config node.
 
-    Adds: :class:`EpochSeed` (per-epoch reseeding), early stopping on ``val/loss``
+    Adds: :class:`EpochSeed` (per-epoch reseeding), :class:`FitSummary`, :class:`TorchThreads`
+    (CPU, ``cpu_threads`` set; also in DDP workers), early stopping on ``val/loss``
     (``early_stopping.patience``; null/0 disables), ``ModelCheckpoint`` (best on ``val/loss`` as
     ``best-epoch=NNN.ckpt`` + ``last.ckpt``, every epoch, in ``<out_dir>/checkpoints``), a progress
     bar, and a ``CSVLogger`` in ``<out_dir>/csv`` when ``csv_logger`` is true. Lightning's
@@ -138,7 +254,9 @@ def build_trainer(
         # machine (0.59 s vs 0.014 s per step; see benchmarks/train.py --threads N).
         torch.set_num_threads(int(cfg["cpu_threads"]))
 
-    cbs: list[Callback] = [EpochSeed(cfg["seed"]), EpochCounter()]
+    cbs: list[Callback] = [EpochSeed(cfg["seed"]), EpochCounter(), FitSummary()]
+    if cfg["accelerator"] not in ("gpu", "cuda") and cfg.get("cpu_threads"):
+        cbs.append(TorchThreads(int(cfg["cpu_threads"])))
     es = cfg["early_stopping"]
     if es.get("patience"):
         cbs.append(
@@ -174,6 +292,7 @@ def build_trainer(
         default_root_dir=out,
         accelerator=cfg["accelerator"],
         devices=cfg["devices"],
+        strategy=cfg["strategy"],
         precision=cfg["precision"],
         deterministic=cfg["deterministic"],
         max_epochs=int(cfg["max_epochs"]),
@@ -279,13 +398,18 @@ def fit(
         log.info("resuming from %s", resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
 
+    # The outcome as rank 0 saw it (FitSummary); after a fork/spawn DDP fit this process's
+    # callbacks never ran, and Lightning only restored weights, best path and callback_metrics.
+    summary = _pop_summary(trainer)
     ckpt_cb = trainer.checkpoint_callback
     assert isinstance(ckpt_cb, ModelCheckpoint)
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else None
-    best_score = ckpt_cb.best_model_score
-    counter = next(c for c in trainer.callbacks if isinstance(c, EpochCounter))  # type: ignore[attr-defined]
-    es = trainer.early_stopping_callback
-    stopped = bool(es is not None and es.stopped_epoch > 0)
+    best_score = summary["best_model_score"]
+    stopped = summary["stopped_early"]
+    progress = trainer.fit_loop.epoch_progress.current  # trainer.current_epoch reads .completed
+    if progress.completed != summary["current_epoch"]:  # DDP workers trained: mirror rank 0
+        for name in ("ready", "started", "processed", "completed"):
+            setattr(progress, name, summary["current_epoch"])
 
     val_metrics: dict[str, float] = {}
     test_metrics: dict[str, float] = {}
@@ -300,8 +424,8 @@ def fit(
         best_ckpt=best,
         last_ckpt=last,
         resumed_from=resume,
-        first_epoch=counter.first_epoch,
-        epochs_run=counter.epochs_run,
+        first_epoch=summary["first_epoch"],
+        epochs_run=summary["epochs_run"],
         stopped_early=stopped,
         best_val_loss=float(best_score) if best_score is not None else None,
         val_metrics=val_metrics,

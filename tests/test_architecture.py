@@ -36,7 +36,7 @@ PACKAGE = "kappaflow"
 #: Top-level modules (``kappaflow/layout.py``...) are nodes of their own; ``__init__`` is
 #: ``kappaflow/__init__.py``.
 LAYERS: list[tuple[str, ...]] = [
-    ("__init__", "_lazy", "cards", "layout", "io_utils", "config", "logging_utils"),
+    ("__init__", "_lazy", "cards", "layout", "io_utils", "config", "logging_utils", "processes"),
     ("tracking",),
     ("structure",),
     ("phonons",),

@@ -33,6 +33,7 @@ from kappaflow.phonons.descriptors import (
     phonon_descriptors,
 )
 from kappaflow.phonons.potential import checkpoint_path, load_calculator
+from kappaflow.processes import die_with_parent
 from kappaflow.structure.crystal import CrystalArrays
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,13 @@ def cache_key(
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(potential: str, device: str, threads: int) -> None:
+def _init_worker(potential: str, device: str, threads: int, worker: bool = True) -> None:
     import warnings
 
     import torch
+
+    if worker:  # a killed stage must not leave minutes-long calculations running
+        die_with_parent()
 
     # phonopy 3 -> 4 changed the default primitive matrix and says so on every call; kappaflow
     # passes primitive_matrix="auto" on purpose.
@@ -230,7 +234,8 @@ def compute_descriptors(
 
     bar = tqdm(total=len(todo), desc=desc, unit="structure", disable=not progress or not todo)
     if todo and workers <= 1:
-        _init_worker(potential, device, max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+        _init_worker(potential, device, threads, False)
         for i, key in todo:
             store(i, key, _compute_one(crystals[i], settings, kind))
             bar.update()

@@ -94,14 +94,9 @@ def format_data_report(rows: Sequence[dict]) -> str:
             (r["dataset"], f"{r['n_input']:,}", f"{r['n_valid']:,}", f"{r['n_quarantined']:,}",
              reasons)
         )  # fmt: skip
-    widths = [max(len(str(row[i])) for row in [head, *body]) for i in range(4)]
-    lines = []
-    for row in [head, *body]:
-        cells = [row[0].ljust(widths[0])] + [
-            str(c).rjust(w) for c, w in zip(row[1:4], widths[1:], strict=True)
-        ]
-        lines.append("  ".join([*cells, row[4]]).rstrip())
-    return "\n".join(lines)
+    from kappaflow.cli.table import text_table
+
+    return text_table([head, *body], right=(1, 2, 3))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kappaflow.cli.args import add_command, add_model_uri
+from kappaflow.cli.table import text_table
 
 #: What ``kappaflow predict --help`` says.
 PREDICT_DESCRIPTION = """\
@@ -174,12 +175,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 dom,
             )
         )
-    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head) - 1)]
-    lines = []
-    for row in [head, *body]:
-        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
-        lines.append("  ".join([*cells, str(row[-1])]))
-    return "\n".join(lines)
+    return text_table([head, *body])
 
 
 def predict_command(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from kappaflow.cli.args import add_command
+from kappaflow.cli.table import text_table
 
 #: What ``kappaflow verify --help`` says.
 VERIFY_DESCRIPTION = """\
@@ -81,11 +82,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in [head, *body]
-    )
+    return text_table([head, *body])
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from kappaflow.tracking.runs import file_sha256, log_artifact, log_dataset, log_
 from kappaflow.transfer.fit_predict import (
     build_fit_predict,
     fold_cache_dir,
+    fold_work,
     strategy_node,
     with_strategy,
 )
@@ -100,9 +101,20 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
             cfg, strategy, dataset, table, work, out / "folds", log_curves=active is not None
         )
         folds = FoldRuns(fit_predict, alias, strategy) if active is not None else None
-        result = cross_validate(
-            table, folds or fit_predict, **protocol_settings(protocol), progress=True
+        settings = protocol_settings(protocol)
+        n_folds = settings["n_splits"] * settings["n_repeats"]
+        log.info(
+            "plan: finetune %s on %s: %d rows, %d folds (%d splits x %d repeats%s); per fold: %s",
+            strategy,
+            dataset,
+            len(table),
+            min(n_folds, settings["max_folds"] or n_folds),
+            settings["n_splits"],
+            settings["n_repeats"],
+            f", first {settings['max_folds']}" if settings["max_folds"] else "",
+            fold_work(cfg, strategy, dataset),
         )
+        result = cross_validate(table, folds or fit_predict, **settings, progress=True)
         summary = {"strategy": strategy, "dataset": dataset, **result.to_dict()}
         if active is not None:
             summary["mlflow_run_id"] = active.info.run_id

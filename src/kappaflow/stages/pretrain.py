@@ -258,7 +258,17 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
     table = load_prepared(interim_dir(cfg, spec.name))
     table = table.drop(columns=[c for c in ("lattice", "numbers", "frac_coords") if c in table])
     idx, counts = _split_rows(cfg, run, table, targets, out_splits)
-    log.info("pretrain %s on %s: %s", run, spec.name, counts)
+    patience = (tcfg.get("early_stopping") or {}).get("patience")
+    log.info(
+        "plan: pretrain %s (%s) on %s: %s rows; up to %s epochs, batch %s%s",
+        run,
+        spec_run.model,
+        spec.name,
+        counts,
+        tcfg.max_epochs,
+        tcfg.batch_size,
+        f", early stopping after {patience}" if patience else "",
+    )
 
     cache = graph_cache_path(cfg, spec.name) if input_kind(model_cfg) == "graph" else None
     inputs = load_model_inputs(model_cfg, table, targets, cache)

@@ -67,6 +67,7 @@ from kappaflow.transfer.strategies import (
     needs_input_scaler,
     prepare_model,
     pretrained_model_path,
+    regressor_name,
     stage_plan,
     uses_sklearn_regressor,
 )
@@ -283,6 +284,25 @@ def build_fit_predict(
         return pred
 
     return fit_predict
+
+
+def fold_work(cfg: DictConfig, strategy: str, dataset: str) -> str:
+    """Say in words what one fold of ``strategy`` on ``dataset`` trains (for the stage's plan).
+
+    A scikit-learn or stacked head on frozen embeddings trains no epochs; otherwise the fold's
+    trainer (``trainer`` < the strategy's ``trainer`` < ``evaluation.trainer``) bounds the epochs
+    (two_stage trains its earlier stages once per recipe, before the folds).
+    """
+    s_cfg = strategy_node(cfg, strategy)
+    if uses_stacking(s_cfg):
+        return f"{regressor_name(s_cfg)} + extra trees on frozen {s_cfg.model} embeddings, blended"
+    if uses_sklearn_regressor(s_cfg):
+        return f"{regressor_name(s_cfg)} on frozen {s_cfg.model} embeddings (no epochs)"
+    ev = dataset_evaluation(cfg.evaluation, dataset)
+    tcfg = fold_trainer_cfg(cfg, dict(s_cfg.get("trainer") or {}), ev)
+    patience = (tcfg.get("early_stopping") or {}).get("patience")
+    stop = f", early stopping after {patience}" if patience else ""
+    return f"{s_cfg.model}, up to {tcfg.max_epochs} epochs (batch {tcfg.batch_size}{stop})"
 
 
 def fold_trainer_cfg(

@@ -186,6 +186,7 @@ def tier2_seconds(cfg: Any, n: int) -> dict[str, Any]:
     """
     from kappaflow.layout import interim_dir, load_prepared, project_root
     from kappaflow.phonons.batch import compute_descriptors
+    from kappaflow.phonons.conductivity import method_label
     from kappaflow.stages.verify import VerifyConfig
     from kappaflow.structure.crystal import CrystalArrays
     from kappaflow.structure.families import structure_family
@@ -211,7 +212,8 @@ def tier2_seconds(cfg: Any, n: int) -> dict[str, Any]:
         wall = time.perf_counter() - t0
     per = wall / max(len(frame), 1)
     print(
-        f"tier 2 ({potential}, phono3py RTA, 1 process): {len(frame)} D1 compounds "
+        f"tier 2 ({potential}, phono3py {method_label(settings.method)}, 1 process): "
+        f"{len(frame)} D1 compounds "
         f"{frame.id.tolist()}: {per:.1f} s per compound "
         f"(κ {frame.ph3_kappa_w_mk.round(2).tolist()} W/m/K)"
     )

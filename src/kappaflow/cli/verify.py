@@ -1,8 +1,8 @@
 """``kappaflow verify FILE...``: tier 2 of the screen (phono3py κ_L) for the user's structures.
 
 Each file is parsed and checked with the ``validation`` limits of ``params.yaml``, then κ_L at the
-``verify.settings`` temperature (300 K) is computed by phono3py (RTA) from the force constants of
-the ``verify.potential`` universal potential
+``verify.settings`` temperature (300 K) is computed by phono3py (LBTE or RTA) from the force
+constants of the ``verify.potential`` universal potential
 (:func:`kappaflow.stages.verify.verify_files`), cached per structure in ``verify.cache_dir``
 unless ``--no-cache``. Same convention as ``kappaflow predict``: a file without a κ prints
 ``ERROR <file>: <reason>`` on stderr, the others are still computed, and the exit status is 1 if
@@ -97,6 +97,7 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 def verify_command(args: argparse.Namespace) -> int:
     """Run ``kappaflow verify``; returns the exit code (1 if any file has no κ)."""
     from kappaflow.config import load_params
+    from kappaflow.phonons.conductivity import method_label
     from kappaflow.structure.cif import escape_control
 
     try:
@@ -130,7 +131,8 @@ def verify_command(args: argparse.Namespace) -> int:
         if good:
             print(format_table(good))
             print(
-                f"potential: {cfg.verify.potential}; phono3py RTA at "
+                f"potential: {cfg.verify.potential}; phono3py "
+                f"{method_label(cfg.verify.settings.get('method'))} at "
                 f"{float(cfg.verify.settings.temperature):g} K; seconds: one core per structure"
             )
     return 1 if failed else 0

@@ -194,7 +194,7 @@ def compute_descriptors(
         device: ``cpu`` / ``cuda`` / ``auto`` for the potential.
         progress: tqdm bar with ETA over the structures to compute.
         kind: ``descriptors`` (:data:`DESCRIPTOR_COLUMNS`) or ``kappa`` (``ph3_kappa_w_mk``,
-            W/m/K: phono3py RTA κ at the settings' temperature).
+            W/m/K: phono3py κ (RTA or LBTE) at the settings' temperature).
         desc: the bar's label.
 
     Returns:

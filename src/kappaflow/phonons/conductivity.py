@@ -78,6 +78,12 @@ KAPPA_FLAGS: tuple[str, ...] = (
 #: Solutions of the phonon Boltzmann equation (``KappaSettings.method``).
 METHODS: tuple[str, ...] = ("rta", "lbte")
 
+
+def method_label(method: object) -> str:
+    """``RTA`` / ``LBTE`` for reports (``rta`` when the settings do not say)."""
+    return str(method or "rta").upper()
+
+
 #: Order of :attr:`KappaResult.kappa_tensor` (phono3py's Voigt order).
 TENSOR_COMPONENTS: tuple[str, ...] = ("xx", "yy", "zz", "yz", "xz", "xy")
 

@@ -42,7 +42,7 @@ from kappaflow.features.composition import magpie_features
 from kappaflow.io_utils import headline_metrics
 from kappaflow.layout import interim_dir, kappa_table, load_prepared, project_root
 from kappaflow.phonons.batch import compute_descriptors
-from kappaflow.phonons.conductivity import KAPPA_FLAGS, KappaSettings
+from kappaflow.phonons.conductivity import KAPPA_FLAGS, KappaSettings, method_label
 from kappaflow.phonons.descriptors import DESCRIPTOR_COLUMNS, FLAGS, PhononSettings
 from kappaflow.phonons.potential import potential_card
 from kappaflow.phonons.validation import kappa_table_path, kappa_validation, validation_markdown
@@ -370,7 +370,8 @@ def phonons_stage(cfg: DictConfig) -> dict[str, Any]:
         if kappas:
             sections += [
                 "## phono3py κ from the potential",
-                "RTA at 300 K from the potential's second- and third-order force constants; "
+                f"{method_label(pcfg.kappa.settings.get('method'))} at 300 K from the "
+                "potential's second- and third-order force constants; "
                 f"settings {OmegaConf.to_container(pcfg.kappa.settings, resolve=True)}.",
                 _coverage_section(kappas, KAPPA_FLAGS),
                 validation_markdown(

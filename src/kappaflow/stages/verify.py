@@ -13,8 +13,8 @@ and the dataset cards (their labels).
    is read back from where the screen read it: the prepared table named by ``source`` (pool
    rows, looked up by ``id``) or the user's file (``dataset == "user"``, parsed and checked with
    the ``validation`` limits).
-2. κ_L at 300 K from phono3py (RTA) with the universal potential's second- and third-order
-   force constants after a symmetry-kept relaxation
+2. κ_L at 300 K from phono3py (``method``: LBTE or RTA) with the universal potential's second-
+   and third-order force constants after a symmetry-kept relaxation
    (:func:`~kappaflow.phonons.conductivity.phono3py_kappa`, through
    :func:`~kappaflow.phonons.batch.compute_descriptors`: per-structure content-keyed cache
    ``verify.cache_dir``, worker processes, progress bar with ETA). Records of
@@ -56,7 +56,7 @@ from kappaflow.evaluation.report import write_report
 from kappaflow.io_utils import headline_metrics
 from kappaflow.layout import kappa_table, project_root
 from kappaflow.phonons.batch import cache_key, compute_descriptors
-from kappaflow.phonons.conductivity import KAPPA_FLAGS, SYMPREC, KappaSettings
+from kappaflow.phonons.conductivity import KAPPA_FLAGS, SYMPREC, KappaSettings, method_label
 from kappaflow.phonons.potential import potential_card
 from kappaflow.phonons.validation import (
     kappa_table_path,
@@ -607,7 +607,8 @@ def validation_section(cfg: DictConfig, root: Path) -> tuple[str, pd.DataFrame]:
         "phonons.kappa.settings, which differ from verify's: the table validates that setup."
     )
     text = (
-        f"{head}\n\nphono3py κ (RTA, 300 K) of the phonons stage for every compound of "
+        f"{head}\n\nphono3py κ ({method_label(pk.settings.get('method'))}, 300 K) of the "
+        f"phonons stage for every compound of "
         f"{', '.join(datasets)} (D1: ab initio phono3py κ, the reference this route approximates) "
         "against the labels, no fit involved; compounds the phonons stage left out "
         "(phonons.kappa.families, supercell guards) count as not computed. "
@@ -718,7 +719,8 @@ def verify_stage(cfg: DictConfig) -> dict[str, Any]:
             ]
         report = write_report(
             root / REPORT,
-            f"κ_L at 300 K from phono3py (RTA) with force constants of {card.name} "
+            f"κ_L at 300 K from phono3py ({method_label(vc.kappa.method)}) with force "
+            f"constants of {card.name} "
             f"({card.package} {card.model}; trained on {card.training_data}; {card.reference}) "
             f"after a symmetry-kept relaxation, for the screen's top candidates, beside the ML "
             f"κ (95 % interval) and σ (std over ensemble members of log10 κ). κ in W/m/K. "

@@ -21,6 +21,7 @@ from kappaflow.phonons.conductivity import (
     KAPPA_FLAGS,
     KappaResult,
     KappaSettings,
+    _solution,
     displaced_phono3py,
     lbte_matrix_gb,
     phono3py_kappa,
@@ -123,6 +124,28 @@ def test_lbte_above_the_memory_limit_falls_back_to_the_rta(calculator):
     )
     result = phono3py_kappa(CrystalArrays.from_structure(one_atom_fcc), calculator, settings)
     assert result.method == "rta" and "rta_fallback" in result.flags
+
+
+class _Conductivity:
+    """What phono3py's LBTE object holds: ``kappa`` and ``kappa_RTA``, [sigma, T, 6] W/m/K."""
+
+    def __init__(self, lbte: list[float], rta: list[float]) -> None:
+        self.kappa = np.array([[lbte]])
+        self.kappa_RTA = np.array([[rta]])
+
+
+def test_unphysical_lbte_tensor_is_replaced_by_the_rta_of_the_same_run():
+    rta = [138.4, 138.4, 138.4, 0.0, 0.0, 0.0]
+    for bad in ([-263.9, -263.9, -263.9, 0, 0, 0], [5.0, 5.0, np.nan, 0, 0, 0], [0.0] * 6):
+        tensor, method, flags = _solution(_Conductivity(bad, rta), "lbte")
+        assert method == "rta" and flags == ["lbte_unphysical"] and list(tensor) == rta
+        assert "lbte_unphysical" in KAPPA_FLAGS
+    good = [150.0, 150.0, 150.0, 0, 0, 0]
+    tensor, method, flags = _solution(_Conductivity(good, rta), "lbte")
+    assert method == "lbte" and flags == [] and list(tensor) == good
+    # the RTA object has no kappa_RTA: an RTA run never looks for it
+    tensor, method, flags = _solution(_Conductivity(good, rta), "rta")
+    assert method == "rta" and flags == [] and list(tensor) == good
 
 
 def test_lbte_matrix_size_by_hand():

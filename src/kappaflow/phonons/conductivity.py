@@ -38,7 +38,11 @@ down for a CPU budget:
 Flags (:data:`KAPPA_FLAGS`, recorded, never dropped): ``imaginary``, ``relax_unconverged``
 (``relax_steps`` reached), ``symmetry_changed`` (space group at symprec 1e-3 differs after the
 relaxation), ``nonfinite`` (phono3py returned a non-finite tensor; ``kappa`` is NaN),
-``rta_fallback`` (``lbte`` asked, the collision matrix would exceed ``lbte_max_gb``).
+``rta_fallback`` (``lbte`` asked, the collision matrix would exceed ``lbte_max_gb``),
+``lbte_unphysical`` (the LBTE tensor has a non-positive or non-finite diagonal element, which an
+ill-conditioned collision matrix can give: seen once, SevenNet-0 on AlSb in an exploration run,
+LBTE −264 W/m/K against an RTA of 138 from the same force constants; the RTA κ of the same run is
+then reported).
 
 Errors (:class:`~kappaflow.phonons.descriptors.PhononError`, the message is the reason): a
 supercell above ``max_fc3_atoms`` / ``max_fc2_atoms`` (raised before any force call), the
@@ -73,6 +77,7 @@ KAPPA_FLAGS: tuple[str, ...] = (
     "symmetry_changed",
     "nonfinite",
     "rta_fallback",
+    "lbte_unphysical",
 )
 
 #: Solutions of the phonon Boltzmann equation (``KappaSettings.method``).
@@ -272,6 +277,22 @@ def lbte_matrix_gb(ph3: Any) -> float:
     return 8.0 * (n_ir * 3 * len(prim) * 3) ** 2 / 1e9
 
 
+def _solution(conductivity: Any, method: str) -> tuple[np.ndarray, str, list[str]]:
+    """Return the κ tensor (W/m/K, Voigt), the solution it is from, and its flags.
+
+    An LBTE tensor whose diagonal is not all finite and positive is replaced by the RTA tensor
+    phono3py computed in the same run (``kappa_RTA``), flagged ``lbte_unphysical``.
+    """
+    # [sigma, temperature, 6]; one sigma (tetrahedron), one temperature.
+    tensor = np.asarray(conductivity.kappa, dtype=np.float64)[0, 0]
+    if method == "lbte":
+        diagonal = tensor[:3]
+        if not (np.all(np.isfinite(diagonal)) and np.all(diagonal > 0)):
+            rta = np.asarray(conductivity.kappa_RTA, dtype=np.float64)[0, 0]
+            return rta, "rta", ["lbte_unphysical"]
+    return tensor, method, []
+
+
 def phono3py_kappa(
     crystal: CrystalArrays, calculator: Any, settings: KappaSettings | None = None
 ) -> KappaResult:
@@ -347,8 +368,8 @@ def phono3py_kappa(
             temperatures=[settings.temperature],
             is_isotope=settings.isotope,
         )
-        # [sigma, temperature, 6] in W/m/K; one sigma (tetrahedron), one temperature.
-        tensor = np.asarray(ph3.thermal_conductivity.kappa, dtype=np.float64)[0, 0]
+        tensor, method, solution_flags = _solution(ph3.thermal_conductivity, method)
+        flags += solution_flags
     except (RuntimeError, ValueError, FloatingPointError, MemoryError) as err:
         raise PhononError(f"phono3py failed: {err}") from err
 

@@ -31,6 +31,11 @@ from kappaflow.phonons.descriptors import PhononError, supercell_matrix
 from kappaflow.structure.crystal import CrystalArrays
 
 FCC_SITES = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
+#: Unrelaxed fcc Si (unstable): 6 Å supercells, nearest-neighbour fc3 pairs; length-based
+#: q-mesh |b| = √3/3.9 Å⁻¹ of the 1-atom fcc primitive cell × 9 Å -> 4 points per axis.
+FCC_SETTINGS = KappaSettings(
+    fc2_min_length=6.0, fc3_min_length=6.0, cutoff_pair_distance=3.0, mesh_length=9.0, relax=False
+)
 
 #: 64-atom fc2 = fc3 supercell of the 8-atom cubic cells, nearest-neighbour pairs, 6³ q-points.
 TINY = KappaSettings(
@@ -86,14 +91,7 @@ def test_nacl_kappa_is_low_and_far_below_si(si, nacl):
 
 def test_unstable_structure_is_flagged_not_dropped(calculator):
     fcc_si = Structure(Lattice.cubic(3.9), ["Si"] * 4, FCC_SITES)
-    # Length-based q-mesh: |b| = √3/3.9 Å⁻¹ of the 1-atom fcc primitive cell × 9 Å -> 4 points.
-    settings = KappaSettings(
-        fc2_min_length=6.0,
-        fc3_min_length=6.0,
-        cutoff_pair_distance=3.0,
-        mesh_length=9.0,
-        relax=False,
-    )
+    settings = FCC_SETTINGS
     result = phono3py_kappa(CrystalArrays.from_structure(fcc_si), calculator, settings)
     assert result.mesh == [4, 4, 4]
     assert "imaginary" in result.flags
@@ -113,15 +111,7 @@ def test_lbte_solution_is_at_least_the_rta(calculator, nacl):
 
 def test_lbte_above_the_memory_limit_falls_back_to_the_rta(calculator):
     one_atom_fcc = Structure(Lattice.cubic(3.9), ["Si"] * 4, FCC_SITES).get_primitive_structure()
-    settings = KappaSettings(
-        fc2_min_length=6.0,
-        fc3_min_length=6.0,
-        cutoff_pair_distance=3.0,
-        mesh=4,
-        relax=False,
-        method="lbte",
-        lbte_max_gb=1e-9,
-    )
+    settings = replace(FCC_SETTINGS, method="lbte", lbte_max_gb=1e-9)
     result = phono3py_kappa(CrystalArrays.from_structure(one_atom_fcc), calculator, settings)
     assert result.method == "rta" and "rta_fallback" in result.flags
 

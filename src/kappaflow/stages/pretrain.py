@@ -55,7 +55,7 @@ from kappaflow.training.inputs import RowsView, input_kind, load_model_inputs
 from kappaflow.training.mlflow_logger import MlflowEpochLogger, log_fit_result
 from kappaflow.training.module import KappaLightningModule
 from kappaflow.training.target_transform import TargetTransform
-from kappaflow.training.trainer import fit
+from kappaflow.training.trainer import epoch_budget, fit
 
 log = logging.getLogger(__name__)
 
@@ -258,16 +258,13 @@ def pretrain_stage(cfg: DictConfig, run: str) -> dict[str, Any]:
     table = load_prepared(interim_dir(cfg, spec.name))
     table = table.drop(columns=[c for c in ("lattice", "numbers", "frac_coords") if c in table])
     idx, counts = _split_rows(cfg, run, table, targets, out_splits)
-    patience = (tcfg.get("early_stopping") or {}).get("patience")
     log.info(
-        "plan: pretrain %s (%s) on %s: %s rows; up to %s epochs, batch %s%s",
+        "plan: pretrain %s (%s) on %s: %s rows; %s",
         run,
         spec_run.model,
         spec.name,
         counts,
-        tcfg.max_epochs,
-        tcfg.batch_size,
-        f", early stopping after {patience}" if patience else "",
+        epoch_budget(tcfg),
     )
 
     cache = graph_cache_path(cfg, spec.name) if input_kind(model_cfg) == "graph" else None

@@ -96,6 +96,13 @@ def resolve_cfg(trainer_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     return cfg
 
 
+def epoch_budget(trainer_cfg: Mapping[str, Any]) -> str:
+    """Say how long a fit may train: ``up to N epochs (batch B, early stopping after P)``."""
+    patience = (trainer_cfg.get("early_stopping") or {}).get("patience")
+    stop = f", early stopping after {patience}" if patience else ""
+    return f"up to {trainer_cfg['max_epochs']} epochs (batch {trainer_cfg['batch_size']}{stop})"
+
+
 def checkpoint_dir(out_dir: str | Path) -> Path:
     """``<out_dir>/checkpoints``."""
     return Path(out_dir) / CHECKPOINT_DIR

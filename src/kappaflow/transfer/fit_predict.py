@@ -58,7 +58,7 @@ from kappaflow.training.inputs import RowsView, input_kind, load_model_inputs
 from kappaflow.training.mlflow_logger import MlflowEpochLogger
 from kappaflow.training.module import KappaLightningModule
 from kappaflow.training.target_transform import TargetTransform
-from kappaflow.training.trainer import fit
+from kappaflow.training.trainer import epoch_budget, fit
 from kappaflow.transfer.stacking import StackedRegressor, element_count_matrix, uses_stacking
 from kappaflow.transfer.strategies import (
     EmbeddingRegressor,
@@ -300,9 +300,7 @@ def fold_work(cfg: DictConfig, strategy: str, dataset: str) -> str:
         return f"{regressor_name(s_cfg)} on frozen {s_cfg.model} embeddings (no epochs)"
     ev = dataset_evaluation(cfg.evaluation, dataset)
     tcfg = fold_trainer_cfg(cfg, dict(s_cfg.get("trainer") or {}), ev)
-    patience = (tcfg.get("early_stopping") or {}).get("patience")
-    stop = f", early stopping after {patience}" if patience else ""
-    return f"{s_cfg.model}, up to {tcfg.max_epochs} epochs (batch {tcfg.batch_size}{stop})"
+    return f"{s_cfg.model}, {epoch_budget(tcfg)}"
 
 
 def fold_trainer_cfg(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stage_testkit import TINY_PRETRAIN
+from stage_testkit import TINY_PRETRAIN, full_profile_params
 
 #: Crystal fixtures shared by tests/structure and tests/graphs.
 pytest_plugins = ["crystal_fixtures"]
@@ -69,9 +69,8 @@ def mlflow_db(_migrated_mlflow_db: Path, tmp_path: Path, monkeypatch: pytest.Mon
 def project(tmp_path: Path, real_data_root: Path, monkeypatch: pytest.MonkeyPatch, mlflow_uri: str):
     """A scratch project dir (own data/, models/, mlflow.db) with the repo's params, tiny models."""
     from kappaflow.config import load_params
-    from kappaflow.layout import project_root
 
-    params = project_root() / "params.yaml"
+    params = full_profile_params(tmp_path / "params.yaml")
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KAPPAFLOW_DATA_DIR", str(real_data_root))

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+#: The composition the stage tests run on: every strategy and study, and the phonon descriptors
+#: with phono3py κ of D1 (the default profile of params.yaml runs the stack and the cheap studies
+#: only: conf/transfer/default.yaml, conf/evaluation/default.yaml).
+FULL_PROFILE = [
+    "transfer=all",
+    "evaluation=full",
+    "phonons.datasets=[paraisite_d1,paraisite_d2,paraisite_mix]",
+    "phonons.study.datasets=[paraisite_d1,paraisite_d2,paraisite_mix]",
+    "phonons.kappa.datasets=[paraisite_d1]",
+]
+
+
+def full_profile_params(path: Path) -> Path:
+    """Write the params.yaml of :data:`FULL_PROFILE` to ``path`` (as `kappaflow config dump`)."""
+    from kappaflow.config import compose, to_params_yaml
+
+    path.write_text(to_params_yaml(compose(FULL_PROFILE)))
+    return path
+
 
 #: Overrides of a tiny project: a 2-epoch, 16-wide CGCNN pretrained on 30 % of perov5_val (run
 #: ``tiny``), and the same for a one-block MEGNet (run ``tiny_megnet``, for two_stage).

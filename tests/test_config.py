@@ -45,7 +45,8 @@ def test_flatten():
 
 def test_one_transfer_strategy_alone():
     """`dvc exp run -S transfer=freeze` composes that strategy alone (a smaller matrix)."""
-    assert list(compose().transfer.strategies) == [
+    assert list(compose().transfer.strategies) == ["stack"]  # the default profile
+    assert list(compose(["transfer=all"]).transfer.strategies) == [
         "scratch",
         "finetune",
         "freeze",
@@ -86,7 +87,8 @@ def test_pretrain_runs_are_the_runs_in_use(overrides):
 
 def test_megnet_is_pretrained_only_for_two_stage():
     """ParAIsite's MEGNet (two_stage) is the only user of the most expensive pretraining run."""
-    default = compose()
+    assert "megnet" not in compose().pretrain.runs  # the default profile: the stack alone
+    default = compose(["transfer=all", "evaluation=full"])
     assert default.transfer.strategies.two_stage.pretrained == "megnet"
     assert list(default.pretrain.runs) == [
         "cgcnn",
@@ -100,6 +102,30 @@ def test_megnet_is_pretrained_only_for_two_stage():
     for alone in ("freeze", "finetune", "scratch", "features", "two_stage_cgcnn"):
         assert "megnet" not in compose([f"transfer={alone}"]).pretrain.runs, alone
     assert "megnet" in compose(["transfer=two_stage"]).pretrain.runs
+
+
+def test_default_profile_is_the_cpu_budget_and_smoke_still_covers_everything():
+    """The default (README command 1, < 60 min on 2 CPU cores) runs the stack and the cheap
+    studies only; the smoke experiment (CI) still composes every strategy, study and stage."""
+    default = compose()
+    assert list(default.transfer.strategies) == ["stack"]
+    assert list(default.pretrain.runs) == ["cgcnn"] and default.pretrain.trainer.max_epochs <= 10
+    assert not default.evaluation.pretrain_size.datasets and not default.evaluation.other_targets
+    assert not default.phonons.datasets and not default.phonons.kappa.datasets
+    assert set(default.evaluation.domain.methods) == {"magpie_rf", "stack"}
+    assert default.registry.gate.enforce  # the default's champion must pass the gate
+    smoke = compose(["+experiment=smoke"])
+    every = compose(["transfer=all"])
+    assert list(smoke.transfer.strategies) == list(every.transfer.strategies)
+    assert set(smoke.pretrain.runs) == {
+        "cgcnn",
+        "descriptor_mlp_sps",
+        "megnet",
+        "cgcnn_f10",
+        "cgcnn_f30",
+    }
+    assert smoke.evaluation.pretrain_size.datasets and smoke.evaluation.other_targets
+    assert smoke.phonons.datasets and "finetune" in smoke.evaluation.extrapolation.methods
 
 
 def test_smoke_experiment_composes():
@@ -144,8 +170,12 @@ def test_paper_experiment_composes_the_full_scale_gpu_profile():
     """`+experiment=paper` (issue 14): GPU trainer, every strategy incl. ParAIsite on CGCNN."""
     cfg = compose(["+experiment=paper"])
     default = compose()
+    every = compose(["transfer=all", "evaluation=full"])
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
-    assert list(cfg.transfer.strategies) == [*default.transfer.strategies, "two_stage_cgcnn"]
+    assert list(cfg.transfer.strategies) == [*every.transfer.strategies, "two_stage_cgcnn"]
+    assert cfg.evaluation.pretrain_size == every.evaluation.pretrain_size  # every study
+    assert list(cfg.evaluation.other_targets) == ["matbench_dielectric"]
+    assert cfg.pretrain.fraction == 1.0 and list(cfg.phonons.kappa.datasets) == ["paraisite_d1"]
     assert {"cgcnn", "megnet", "descriptor_mlp_sps"} <= set(cfg.pretrain.runs)
     assert cfg.pretrain.trainer.max_epochs == 200
     assert cfg.evaluation.per_dataset.aflow_agl.n_repeats == 3

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from kappaflow.phonons.validation import (
     validation_markdown,
 )
 from kappaflow.structure.crystal import CrystalArrays
+from stage_testkit import full_profile_params
 
 REPO_PARAMS = project_root() / "params.yaml"
 D1_SOURCE = "data/interim/paraisite_d1/valid.parquet"
@@ -151,7 +151,7 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_db: str):
     from kappaflow.config import load_params
 
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    shutil.copy(REPO_PARAMS, tmp_path / "params.yaml")
+    full_profile_params(tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     structures = {
         "mp-nacl": (rocksalt_nacl(), "NaCl", 7.0),

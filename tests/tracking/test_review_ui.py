@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import server_testkit as kit
 
-from stage_testkit import TINY_PRETRAIN, prepare_tiny_pretrained
+from stage_testkit import TINY_PRETRAIN, full_profile_params, prepare_tiny_pretrained
 
 pytestmark = [
     pytest.mark.server,
@@ -62,12 +62,11 @@ def logged(server: str, real_data_root: Path, tmp_path_factory: pytest.TempPathF
     from omegaconf import OmegaConf
 
     from kappaflow.config import load_params
-    from kappaflow.layout import project_root
     from kappaflow.stages.evaluate import evaluate_stage
     from kappaflow.stages.finetune import finetune_stage
 
-    params = project_root() / "params.yaml"
     proj = tmp_path_factory.mktemp("project")
+    params = full_profile_params(proj / "params.yaml")
     (proj / "dvc.yaml").write_text("stages: {}\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(proj)

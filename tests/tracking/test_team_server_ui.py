@@ -32,6 +32,8 @@ from typing import Any
 import pytest
 import server_testkit as kit
 
+from stage_testkit import full_profile_params
+
 pytestmark = [
     pytest.mark.server,
     pytest.mark.browser,
@@ -112,7 +114,6 @@ def pipeline(team: Team, real_data_root: Path, tmp_path_factory: pytest.TempPath
     from omegaconf import OmegaConf
 
     from kappaflow.config import load_params
-    from kappaflow.layout import project_root
     from kappaflow.stages.evaluate import evaluate_stage
     from kappaflow.stages.featurize import featurize_stage
     from kappaflow.stages.finetune import finetune_stage
@@ -120,8 +121,8 @@ def pipeline(team: Team, real_data_root: Path, tmp_path_factory: pytest.TempPath
     from kappaflow.stages.prepare import prepare_stage
     from kappaflow.stages.register import register_stage
 
-    params = project_root() / "params.yaml"
     proj = tmp_path_factory.mktemp("project")
+    params = full_profile_params(proj / "params.yaml")
     (proj / "dvc.yaml").write_text("stages: {}\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(proj)

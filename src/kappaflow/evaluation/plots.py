@@ -208,6 +208,21 @@ def strategy_comparison_plot(
     return _save(fig, path)
 
 
+def message_plot(path: PathLike, text: str, width: float = 6.0, height: float = 2.0) -> Path:
+    """Write a figure holding only ``text`` and return its path.
+
+    What a plot output shows when there is nothing to plot (a study not run in this
+    configuration, a pipeline without a champion): the output exists and says why.
+    """
+    import textwrap
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    wrapped = "\n".join(textwrap.wrap(text, width=int(14 * width)))
+    fig.text(0.02, 0.5, wrapped, fontsize=7, va="center")
+    return _save(fig, path, dpi=100)
+
+
 def size_study_plot(
     fractions: ArrayLike,
     maes: ArrayLike | Mapping[str, ArrayLike],

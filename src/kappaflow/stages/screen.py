@@ -225,8 +225,7 @@ def screen_headline(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _no_champion(out: Path, reason: str) -> dict[str, Any]:
     """Write the stage's outputs for a pipeline without a champion: empty tables, the reason."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from kappaflow.evaluation.plots import message_plot
 
     log.warning("screen: nothing scored: %s", reason)
     for name in ("ranked.csv", "top_high.csv", "top_low.csv"):
@@ -234,10 +233,7 @@ def _no_champion(out: Path, reason: str) -> dict[str, Any]:
     pd.DataFrame(columns=["id", "dataset", "source", "reason", "detail"]).to_csv(
         out / "quarantine.csv", index=False
     )
-    fig = Figure(figsize=(6, 2))
-    FigureCanvasAgg(fig)
-    fig.text(0.02, 0.5, "no champion to screen with:\n" + reason[:200], fontsize=7, va="center")
-    fig.savefig(out / "kappa_vs_sigma.png", dpi=100)
+    message_plot(out / "kappa_vs_sigma.png", "no champion to screen with: " + reason[:300])
     summary = {"no_champion": reason, "n_scored": 0, "n_quarantined": 0}
     write_json(out / "summary.json", summary)
     write_metrics(out / "headline.json", screen_headline(summary))

@@ -351,6 +351,7 @@ def phonons_stage(cfg: DictConfig) -> dict[str, Any]:
     if tables.exists():
         shutil.rmtree(tables)  # only this run's datasets (a DVC output folder)
     tables.mkdir(parents=True)
+    (phonon_dir(cfg) / "cache").mkdir(exist_ok=True)  # a DVC output even when nothing is computed
     study_sets = [str(d) for d in pcfg.study.datasets]
     unknown = sorted(set(study_sets) - {str(d) for d in pcfg.datasets})
     if unknown:

@@ -233,7 +233,8 @@ def _no_champion(out: Path, reason: str) -> dict[str, Any]:
     pd.DataFrame(columns=["id", "dataset", "source", "reason", "detail"]).to_csv(
         out / "quarantine.csv", index=False
     )
-    message_plot(out / "kappa_vs_sigma.png", "no champion to screen with: " + reason[:300])
+    for plot in ("kappa_vs_sigma.png", "surrogate_agreement.png"):  # both DVC plot outputs
+        message_plot(out / plot, "no champion to screen with: " + reason[:300])
     summary = {"no_champion": reason, "n_scored": 0, "n_quarantined": 0}
     write_json(out / "summary.json", summary)
     write_metrics(out / "headline.json", screen_headline(summary))

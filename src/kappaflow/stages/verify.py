@@ -664,6 +664,7 @@ def verify_stage(cfg: DictConfig) -> dict[str, Any]:
     screen_dir = root / str(node.screen_dir)
     out = root / str(node.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    vc.cache_dir.mkdir(parents=True, exist_ok=True)  # a DVC output even when nothing is computed
     picks = [
         pick_candidates(cfg, read_top(screen_dir / TOP_FILES[side], None, side), n, vc, root)
         for side, n in (("high", int(node.n_high)), ("low", int(node.n_low)))

@@ -16,6 +16,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
 from kappaflow.structure.crystal import CrystalArrays
+from stage_testkit import FULL_PROFILE
 
 CUTOFF = 5.0
 MAX_NEIGHBORS = 8
@@ -188,12 +189,13 @@ def write_baseline(
 
 
 def tiny_cfg(root: Path, dataset: str = "paraisite_d1") -> Any:
-    """The repo config (composed from conf/) pointed at ``root``, tiny graphs, one κ dataset."""
+    """The repo config (composed from conf/, every strategy and study: ``FULL_PROFILE``) pointed
+    at ``root``, tiny graphs, one κ dataset."""
     from omegaconf import OmegaConf
 
     from kappaflow.config import compose
 
-    cfg = compose()
+    cfg = compose(FULL_PROFILE)
     OmegaConf.resolve(cfg)
     cfg.graphs.cutoff = CUTOFF
     cfg.graphs.max_neighbors = MAX_NEIGHBORS

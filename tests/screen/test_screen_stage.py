@@ -87,6 +87,30 @@ def test_champion_json_must_match_the_alias(tiny_project):
         screen_stage(cfg)
 
 
+def test_no_champion_writes_every_output_with_the_reason(tiny_project):
+    """The gate refused the only candidate (the default profile's outcome when no transferred
+    model beats the Magpie forest): screen scores nothing, writes every DVC output, says why."""
+    from kappaflow.stages.register import register_stage
+    from kappaflow.stages.screen import screen_stage
+
+    root, cfg = tiny_project
+    cfg.registry.gate.enforce = True
+    kit.write_candidate(root, "finetune", DS, 0.30)
+    kit.write_baseline(root, "median", DS, 0.60)
+    kit.write_baseline(root, "magpie_rf", DS, 0.20)  # the forest is better: gate fails
+    assert not register_stage(cfg)["promoted"]
+
+    summary = screen_stage(cfg)
+
+    out = root / "reports/screen"
+    assert summary["n_scored"] == 0 and "champion" in summary["no_champion"]
+    for name in ("ranked.csv", "top_high.csv", "top_low.csv", "quarantine.csv"):
+        assert pd.read_csv(out / name).empty, name
+    for name in ("kappa_vs_sigma.png", "surrogate_agreement.png"):  # dvc.yaml plot outputs
+        assert (out / name).stat().st_size > 1000, name
+    assert json.loads((out / "summary.json").read_text())["no_champion"] == summary["no_champion"]
+
+
 def _pool_rows(n: int) -> list:
     """``n`` (<= 64) distinct rocksalt / zincblende binaries (+ one with Xe)."""
     cations = ["Na", "K", "Mg", "Ga", "Al", "Li", "Ca", "Sr"]

@@ -116,7 +116,7 @@ def test_fold_reporter_prunes_a_bad_trial():
 
 def test_params_file_source_matches_hydra_source(tmp_path: Path):
     params = tmp_path / "params.yaml"
-    params.write_text(to_params_yaml(compose()))
+    params.write_text(to_params_yaml(compose(["transfer=[stack,finetune]"])))
     extra = [f"{LR}=1.0e-05", "transfer.strategies.finetune.trainer.batch_size=16"]
     from_params = ConfigSource((), str(params)).load(extra)
     from_hydra = ConfigSource(()).load(extra)

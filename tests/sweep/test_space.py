@@ -9,6 +9,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FixedTrial
 
 from kappaflow.config import compose
+from kappaflow.sweep.settings import SweepSettings
 from kappaflow.sweep.space import (
     SpaceError,
     check_paths,
@@ -25,12 +26,31 @@ TEMPLATE_LR = "transfer.strategies.{strategy}.trainer.optim.lr"
 
 @pytest.fixture(scope="module")
 def cfg():
-    return compose()
+    from kappaflow.sweep.objective import ConfigSource
+
+    return ConfigSource(()).load()  # the default profile + the searched recipe (finetune)
 
 
 @pytest.fixture(scope="module")
 def strategy_cfg():
-    return compose(["sweep=strategy"])
+    from kappaflow.sweep.objective import ConfigSource
+
+    return ConfigSource(("sweep=strategy",)).load()
+
+
+def test_the_sweep_composes_the_recipes_it_searches():
+    """The default profile selects the stack alone: a sweep adds the strategies it searches."""
+    from kappaflow.sweep.objective import ConfigSource
+
+    assert list(compose().transfer.strategies) == ["stack"]
+    assert ConfigSource(()).base_overrides() == ("transfer=[stack,finetune]",)
+    assert ConfigSource(("sweep=strategy",)).base_overrides()[-1].startswith("transfer=[stack,")
+    assert ConfigSource(("transfer=all",)).base_overrides() == ("transfer=all",)  # user's choice
+    params_source = ConfigSource((), "params.yaml")  # a params.yaml cannot pick config groups
+    assert params_source.base_overrides() == ()
+    settings = SweepSettings.from_cfg(compose())
+    with pytest.raises(SpaceError, match=r"kappaflow config dump 'transfer=\[finetune,stack\]'"):
+        check_paths(settings.params, compose())
 
 
 def test_parse_types_to_optuna_distributions():

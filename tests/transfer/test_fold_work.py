@@ -13,5 +13,5 @@ def test_fold_work_names_epochs_or_the_frozen_head():
         "ridge on frozen descriptor_mlp embeddings (no epochs)"
     )
     assert "extra trees" in fold_work(cfg, "stack", "paraisite_d1")
-    default = fold_work(compose(), "scratch", "paraisite_d1")
+    default = fold_work(compose(["transfer=all"]), "scratch", "paraisite_d1")
     assert "early stopping after" in default and "up to 2 epochs" not in default

@@ -293,7 +293,7 @@ def test_two_stage_cgcnn_is_the_same_chain() -> None:
 
 
 #: Files of conf/transfer that select several strategies rather than define one.
-COLLECTIONS = ("all", "paper")
+COLLECTIONS = ("all", "default", "paper")
 
 
 @pytest.mark.parametrize(

@@ -216,6 +216,11 @@ class MagpieRandomForest(Baseline):
 #: route (:mod:`kappaflow.transfer.stacking`).
 EXTRA_TREES_DEFAULTS = {"n_estimators": 500, "max_features": 0.5, "min_samples_leaf": 1}
 
+#: scikit-learn jobs of the forests a stage fits (the baselines, the stack's composition route,
+#: the domain study's error model): every core. A forest's predictions do not depend on it (its
+#: trees are seeded from ``random_state`` before they are dealt to the workers).
+FOREST_N_JOBS = -1
+
 
 class MagpieExtraTrees(MagpieRandomForest):
     """Extremely randomized trees on Magpie composition features (same inputs as the forest).

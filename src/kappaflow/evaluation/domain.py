@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from kappaflow.evaluation.baselines import FOREST_N_JOBS
 from kappaflow.structure.families import anion, structure_family
 
 #: Hold-out kinds: column of the group label per row.
@@ -148,7 +149,7 @@ def error_model(
         return np.zeros(len(test_idx))
     oof = np.empty(len(y))
     for tr, va in GroupKFold(k, shuffle=True, random_state=seed).split(X, groups=g):
-        model = ExtraTreesRegressor(200, max_features=0.5, random_state=seed, n_jobs=1)
+        model = ExtraTreesRegressor(200, max_features=0.5, random_state=seed, n_jobs=FOREST_N_JOBS)
         oof[va] = model.fit(X[tr], y[tr]).predict(X[va])
     errors = ExtraTreesRegressor(200, max_features=0.5, min_samples_leaf=3, random_state=seed)
     errors.fit(X, np.abs(oof - y))

@@ -43,6 +43,7 @@ import pandas as pd
 
 from kappaflow.data.leakage import Level, exclude_overlapping, material_keys, overlapping_keys
 from kappaflow.data.splits import LeakageError, assert_no_leakage, grouped_kfold
+from kappaflow.evaluation.baselines import FOREST_N_JOBS
 from kappaflow.evaluation.metrics import aggregate_folds, regression_metrics
 
 log = logging.getLogger(__name__)
@@ -373,8 +374,8 @@ def magpie_et_fit_predict(table: pd.DataFrame, seed: int = 0, **kwargs: Any) -> 
 #: has no randomness and ignores the seed).
 BASELINES: Mapping[str, Callable[[pd.DataFrame, int], FitPredict]] = {
     "median": lambda table, seed: median_fit_predict(table),
-    "magpie_rf": lambda table, seed: magpie_rf_fit_predict(table, seed),
-    "magpie_et": lambda table, seed: magpie_et_fit_predict(table, seed),
+    "magpie_rf": lambda table, seed: magpie_rf_fit_predict(table, seed, n_jobs=FOREST_N_JOBS),
+    "magpie_et": lambda table, seed: magpie_et_fit_predict(table, seed, n_jobs=FOREST_N_JOBS),
 }
 
 

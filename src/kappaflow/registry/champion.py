@@ -88,8 +88,9 @@ def resolve_model(
     if champion_alias and record_path is not None and record_path.is_file():
         recorded = json.loads(record_path.read_text())
         if recorded.get("name") == name and recorded.get("version") is None:
+            why = str(recorded.get("no_champion") or "none promoted").removeprefix("no champion: ")
             raise NoChampionError(
-                f"no champion: {recorded.get('no_champion', 'none promoted')} (the register stage "
+                f"no champion: {why} (the register stage "
                 "promotes a candidate only when it beats every baseline on the same folds; see "
                 "reports/registry/decision.md, or pass --model-uri models:/<name>/<version>)"
             )

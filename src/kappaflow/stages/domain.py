@@ -30,7 +30,7 @@ from kappaflow.evaluation.domain import (
     group_labels,
     holdout_signals,
 )
-from kappaflow.evaluation.protocol import dataset_evaluation, magpie_rf_fit_predict
+from kappaflow.evaluation.protocol import BASELINES, dataset_evaluation
 from kappaflow.evaluation.report import write_report
 from kappaflow.features.composition import magpie_features
 from kappaflow.layout import kappa_table, project_root
@@ -59,7 +59,7 @@ def holdout_predictions(
     keys = material_keys(table).to_numpy()
     features = magpie_features(table.formula.astype(str).tolist())
     if method in BASELINE_METHODS:
-        fit_predict = magpie_rf_fit_predict(table, seed=int(cfg.seed))
+        fit_predict = BASELINES["magpie_rf"](table, int(cfg.seed))
     else:
         s_cfg = with_strategy(cfg, method)
         work = fold_cache_dir(s_cfg, method, dataset)

@@ -27,7 +27,7 @@ from kappaflow.data.leakage import material_keys
 from kappaflow.data.splits import inner_validation_split
 from kappaflow.evaluation.extrapolation import extrapolation_metrics, extrapolation_split
 from kappaflow.evaluation.plots import extrapolation_plot
-from kappaflow.evaluation.protocol import dataset_evaluation, magpie_rf_fit_predict
+from kappaflow.evaluation.protocol import BASELINES, dataset_evaluation
 from kappaflow.evaluation.report import write_report
 from kappaflow.io_utils import write_metrics
 from kappaflow.layout import kappa_table, project_root
@@ -51,7 +51,7 @@ def extrapolation_predictions(
     train, val = inner_validation_split(train_rows, keys, float(ev.val_fraction), int(cfg.seed))
     every = np.arange(len(table), dtype=np.int64)
     if method in BASELINE_METHODS:
-        fit_predict = magpie_rf_fit_predict(table, seed=int(cfg.seed))
+        fit_predict = BASELINES["magpie_rf"](table, int(cfg.seed))
     else:
         s_cfg = with_strategy(cfg, method)
         work = fold_cache_dir(s_cfg, method, dataset).with_name(

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from kappaflow.evaluation.baselines import FOREST_N_JOBS
 from kappaflow.evaluation.families import families_of, family_error_section
 from kappaflow.evaluation.paired import paired_comparison
 from kappaflow.evaluation.protocol import (
@@ -195,7 +196,9 @@ def _fit_predict(
             of the training rows' finite values.
     """
     if learner == "rf":
-        return magpie_rf_fit_predict(table, seed=seed, featurizer=lambda _f: X, n_jobs=2)
+        return magpie_rf_fit_predict(
+            table, seed=seed, featurizer=lambda _f: X, n_jobs=FOREST_N_JOBS
+        )
     from sklearn.ensemble import ExtraTreesRegressor
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
@@ -214,7 +217,7 @@ def _fit_predict(
             return np.power(10.0, offset[test])
         model = make_pipeline(
             SimpleImputer(strategy="median", keep_empty_features=True),
-            ExtraTreesRegressor(500, max_features=0.5, random_state=seed, n_jobs=2),
+            ExtraTreesRegressor(500, max_features=0.5, random_state=seed, n_jobs=FOREST_N_JOBS),
         )
         model.fit(X[train], log_kappa[train] - offset[train])
         return np.power(10.0, model.predict(X[test]) + offset[test])

@@ -64,14 +64,14 @@ def size_points(cfg: DictConfig) -> list[tuple[float, str | None]]:
             )
         if run is not None:
             used = cfg.pretrain.runs[run].get("fraction")
-            used = float(cfg.pretrain.fraction if used is None else used)
-            if abs(used - frac) > 1e-9:
+            used = cfg.pretrain.get("fraction") if used is None else used
+            if used is not None and abs(float(used) - frac) > 1e-9:
                 log.warning(
                     "pretrain_size: point %s is run %r, which pretrains on %.0f %% of the split "
                     "(pretrain.fraction / its recipe): its row is labelled by the key",
                     key,
                     run,
-                    100 * used,
+                    100 * float(used),
                 )
         points.append((frac, None if run is None else str(run)))
     return sorted(points)

@@ -72,7 +72,22 @@ def render_best_experiment(
     body = (
         yaml.safe_dump(_nest(kept), sort_keys=False, default_flow_style=False) if kept else "{}\n"
     )
+    recipes = _strategy_recipes(kept)
+    if recipes:  # compose the tuned strategy even where `transfer` does not select it
+        lines += ["defaults:", *(f"  - /transfer/{s}@transfer" for s in recipes), "  - _self_"]
     return "\n".join(lines) + "\n" + body
+
+
+def _strategy_recipes(overrides: Mapping[str, Any]) -> list[str]:
+    """Strategies whose recipe (``conf/transfer/<name>.yaml``) the overrides tune, in order."""
+    from kappaflow.layout import project_root
+
+    names: list[str] = []
+    for path in overrides:
+        parts = path.split(".")
+        if parts[:2] == ["transfer", "strategies"] and len(parts) > 2 and parts[2] not in names:
+            names.append(parts[2])
+    return [n for n in names if (project_root() / "conf" / "transfer" / f"{n}.yaml").is_file()]
 
 
 def write_best_experiment(study: optuna.Study, path: str | Path) -> Path:

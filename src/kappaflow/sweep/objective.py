@@ -56,11 +56,17 @@ class ConfigSource:
     params_file: str | None = None
 
     def load(self, extra: Sequence[str] = ()) -> DictConfig:
-        """Return the config with ``overrides`` then ``extra`` applied."""
+        """Return the config with ``overrides`` then ``extra`` applied.
+
+        Composing ``conf/``, the transfer recipes the sweep searches (``sweep.strategy`` and the
+        searched choices) are added to the selected ones when missing (the default profile
+        selects the stack alone; a TL-CGCNN sweep needs ``finetune``), unless ``overrides``
+        choose ``transfer`` themselves.
+        """
         if self.params_file is None:
             from kappaflow.config import compose
 
-            return compose([*self.overrides, *extra])
+            return compose([*self.base_overrides(), *extra])
         from kappaflow.config import load_params
 
         cfg = load_params(self.params_file)
@@ -72,6 +78,30 @@ class ConfigSource:
                     f"{self.params_file}; use `kappaflow sweep` (Hydra composition of conf/)"
                 )
         return load_params(self.params_file, [*self.overrides, *extra])
+
+    def base_overrides(self) -> tuple[str, ...]:
+        """Return ``overrides`` plus ``transfer=[selected..., searched...]`` if needed.
+
+        That is, when a strategy the sweep searches is not selected (Hydra composition only; a
+        params.yaml cannot pick config groups).
+        """
+        if self.params_file is not None or any(
+            o.partition("=")[0].lstrip("+~") == "transfer" for o in self.overrides
+        ):
+            return self.overrides
+        from kappaflow.config import compose
+        from kappaflow.sweep.settings import SweepSettings
+        from kappaflow.sweep.space import searched_strategies
+
+        base = compose(list(self.overrides))
+        if base.get("sweep") is None:
+            return self.overrides
+        selected = [str(s) for s in base.transfer.strategies]
+        searched = searched_strategies(SweepSettings.from_cfg(base).params, base)
+        missing = [s for s in searched if s not in selected]
+        if not missing:
+            return self.overrides
+        return (*self.overrides, f"transfer=[{','.join(selected + missing)}]")
 
 
 def holdout_split(

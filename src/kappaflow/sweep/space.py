@@ -301,20 +301,32 @@ def default_params(specs: Sequence[ParamSpec], cfg: DictConfig) -> tuple[dict[st
     return chosen, problems
 
 
+def searched_strategies(specs: Sequence[ParamSpec], cfg: DictConfig) -> list[str]:
+    """Return the strategies a sweep can fit: ``sweep.strategy`` and any searched choices."""
+    strategies = [str(_config_value(cfg, STRATEGY_PATH))]
+    for spec in specs:
+        if spec.path == STRATEGY_PATH:
+            strategies += [str(c) for c in spec.choices if str(c) not in strategies]
+    return strategies
+
+
 def check_paths(specs: Sequence[ParamSpec], cfg: DictConfig) -> None:
     """Check that every override path (for every possible strategy) exists in ``cfg``.
 
     Raises:
         SpaceError: naming the first path that is not a key of the composed config.
     """
-    strategies = {str(_config_value(cfg, STRATEGY_PATH))}
-    for spec in specs:
-        if spec.path == STRATEGY_PATH:
-            strategies |= {str(c) for c in spec.choices}
+    strategies = set(searched_strategies(specs, cfg))
     known = set(cfg.transfer.strategies) if "transfer" in cfg else set()
     unknown = sorted(s for s in strategies if s not in known)
     if unknown:
-        raise SpaceError(f"sweep strategy {unknown} not in transfer.strategies {sorted(known)}")
+        raise SpaceError(
+            f"sweep strategy {unknown} not in transfer.strategies {sorted(known)}: compose it "
+            f"(`kappaflow sweep` adds the searched recipes of conf/transfer itself; for a "
+            "params.yaml: `kappaflow config dump 'transfer=["
+            + ",".join(sorted(known | strategies))
+            + "]' > params.yaml`)"
+        )
     for spec in specs:
         for strategy in sorted(strategies) if PLACEHOLDER in spec.path else [""]:
             path = spec.resolved_path(strategy)

@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig
 
 from kappaflow.config import to_plain
-from kappaflow.evaluation.baselines import EXTRA_TREES_DEFAULTS
+from kappaflow.evaluation.baselines import EXTRA_TREES_DEFAULTS, FOREST_N_JOBS
 from kappaflow.models.base import element_counts
 from kappaflow.models.sklearn_head import ForestHead
 from kappaflow.models.stack_head import StackHead, magpie_from_counts, magpie_table_tensor
@@ -124,7 +124,7 @@ class StackedRegressor:
         from sklearn.ensemble import ExtraTreesRegressor
 
         return ExtraTreesRegressor(
-            **{"random_state": self.seed, "n_jobs": 1} | self.composition_params
+            **{"random_state": self.seed, "n_jobs": FOREST_N_JOBS} | self.composition_params
         )
 
     def _fresh_structure(self) -> EmbeddingRegressor:

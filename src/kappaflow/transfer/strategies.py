@@ -40,6 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kappaflow.config import to_plain
+from kappaflow.evaluation.baselines import FOREST_N_JOBS
 from kappaflow.models.base import KappaModel
 from kappaflow.models.sklearn_head import ForestHead, RidgeHead, SklearnHead
 from kappaflow.training.defaults import OPTIM_DEFAULTS
@@ -513,7 +514,8 @@ class EmbeddingRegressor:
 
     ``ridge``: ``StandardScaler`` + ``RidgeCV`` (``alphas``, default
     :data:`DEFAULT_RIDGE_ALPHAS`); ``random_forest``: ``RandomForestRegressor`` (any of its
-    keyword arguments; ``random_state`` = ``seed``, single-threaded unless ``n_jobs`` is given).
+    keyword arguments; ``random_state`` = ``seed``; every core unless ``n_jobs`` is given:
+    :data:`~kappaflow.evaluation.baselines.FOREST_N_JOBS`).
 
     Args:
         name: ``ridge`` or ``random_forest``.
@@ -570,7 +572,7 @@ class EmbeddingRegressor:
             alphas = self.params.get("alphas", DEFAULT_RIDGE_ALPHAS)
             extra = {k: v for k, v in self.params.items() if k != "alphas"}
             return make_pipeline(StandardScaler(), RidgeCV(alphas=list(alphas), **extra))
-        kwargs = {"random_state": self.seed, "n_jobs": 1, **self.params}
+        kwargs = {"random_state": self.seed, "n_jobs": FOREST_N_JOBS, **self.params}
         return RandomForestRegressor(**kwargs)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> EmbeddingRegressor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -139,6 +141,28 @@ def test_repro_progress_line(monkeypatch):
     assert repro.estimate_left(["featurize@a"], {}, []) == "~? left"
     assert repro.estimate_left(["featurize@a"], {"featurize@a": 90.0}, []) == "~1m30s left"
     assert repro.estimate_left(["x", "y"], {"x": 10.0}, [20.0]) == "~30s left"
+    assert repro.load_stage_seconds(Path("/no/such/file.json")) == {}
+
+
+def test_reference_stage_times_cover_the_default_pipeline():
+    """A first `kappaflow repro` of a clone estimates every default stage from the shipped
+    reference run (seconds > 0), not from the mean of the few stages done so far."""
+    import subprocess
+
+    from kappaflow.cli import repro
+    from kappaflow.layout import project_root
+
+    ref = repro.load_stage_seconds(repro.REFERENCE_FILE)
+    listed = subprocess.run(
+        [sys.executable, "-m", "dvc", "stage", "list", "--name-only"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=project_root(),
+    ).stdout.split()
+    assert listed and set(listed) <= set(ref), sorted(set(listed) - set(ref))
+    assert all(v > 0 for v in ref.values())
+    assert sum(ref.values()) > 20 * 60  # ~24 min of stages: not a placeholder
     line = repro.progress_line(1, 2, "prepare@a", 65.0, "~1m30s left")
     assert line == "[kappaflow repro] stage 1 of 2: prepare@a | elapsed 1m05s | ~1m30s left"
     table = repro.stage_time_table([("prepare@a", 30.0), ("featurize@a", 60.0)], 100.0).splitlines()

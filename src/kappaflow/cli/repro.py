@@ -6,8 +6,10 @@ runs with its output passed through unchanged, and at each ``Running stage '<nam
     [kappaflow repro] stage 3 of 41: featurize@mp_eform_bandgap | elapsed 4m05s | ~21m left
 
 goes to stderr. The estimate sums each remaining stage's duration from earlier runs
-(``.cache/kappaflow/stage_seconds.json``, the last run of each stage name) and, for stages never
-timed, the mean of the stages timed in this run; ``~?`` until there is anything to go on.
+(``.cache/kappaflow/stage_seconds.json``, the last run of each stage name); for a stage never run
+here, its time in the reference run shipped with the package (:data:`REFERENCE_FILE`: the default
+profile from a clean clone on 2 CPU cores, so a user's first ``kappaflow repro`` gets a real ETA),
+else the mean of the stages timed in this run; ``~?`` until there is anything to go on.
 
 At the end it prints a wall-time table of the stages that ran (:func:`stage_time_table`), writes
 it to ``.cache/kappaflow/last_repro.md`` and, when the run succeeded and tracking is on, logs it
@@ -43,6 +45,19 @@ RUNNING = re.compile(r"^Running stage '([^']+)'")
 CACHED = re.compile(r"^Stage '([^']+)' is cached")
 TIMES_FILE = Path(".cache/kappaflow/stage_seconds.json")
 TABLE_FILE = Path(".cache/kappaflow/last_repro.md")
+#: Seconds per stage of the default profile's ``kappaflow repro`` from a clean clone on the 2-core
+#: CI machine (2026-12-02; README "What command 1 does"): the estimate for stages never run here.
+REFERENCE_FILE = Path(__file__).with_name("reference_stage_seconds.json")
+
+
+def load_stage_seconds(path: Path) -> dict[str, float]:
+    """``{stage: seconds}`` from a JSON file; empty when it is missing or not such a mapping."""
+    if not path.is_file():
+        return {}
+    try:
+        return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, AttributeError, TypeError):
+        return {}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -160,12 +175,7 @@ def repro_command(args: argparse.Namespace) -> int:
     """Run ``kappaflow repro``; returns ``dvc repro``'s exit status."""
     dvc_args = [a for a in args.dvc_args if a != "--"]
     stages = planned_stages(dvc_args)
-    known: dict[str, float] = {}
-    if TIMES_FILE.is_file():
-        try:
-            known = {str(k): float(v) for k, v in json.loads(TIMES_FILE.read_text()).items()}
-        except (ValueError, AttributeError):
-            known = {}
+    known = load_stage_seconds(REFERENCE_FILE) | load_stage_seconds(TIMES_FILE)  # local wins
     print(f"[kappaflow repro] {len(stages)} stage(s) to run", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     current: tuple[str, float] | None = None

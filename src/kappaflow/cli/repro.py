@@ -3,13 +3,13 @@
 First ``dvc repro --dry`` (same arguments) lists the stages that will run (n); then ``dvc repro``
 runs with its output passed through unchanged, and at each ``Running stage '<name>'`` a line
 
-    [kappaflow repro] stage 3 of 41: featurize@mp_eform_bandgap | elapsed 4m05s | ~21m left
+    [kappaflow repro] stage 40 of 51: pretrain@cgcnn | elapsed 5m33s | ~18m10s left
 
-goes to stderr. The estimate sums each remaining stage's duration from earlier runs
-(``.cache/kappaflow/stage_seconds.json``, the last run of each stage name); for a stage never run
-here, its time in the reference run shipped with the package (:data:`REFERENCE_FILE`: the default
-profile from a clean clone on 2 CPU cores, so a user's first ``kappaflow repro`` gets a real ETA),
-else the mean of the stages timed in this run; ``~?`` until there is anything to go on.
+goes to stderr. The estimate sums the duration of this stage and every later one from earlier
+runs (``.cache/kappaflow/stage_seconds.json``, the last run of each stage name); for a stage
+never run here, its time in the reference run shipped with the package (:data:`REFERENCE_FILE`:
+the default profile from a clean clone on 2 CPU cores, so a user's first ``kappaflow repro``
+gets a real ETA), else the mean of the stages timed in this run; ``~?`` until there is anything to go on.
 
 At the end it prints a wall-time table of the stages that ran (:func:`stage_time_table`), writes
 it to ``.cache/kappaflow/last_repro.md`` and, when the run succeeded and tracking is on, logs it
@@ -204,7 +204,7 @@ def repro_command(args: argparse.Namespace) -> int:
             current = (m[1], now)
             ran.add(m[1])
             remaining = [s for s in stages if s not in ran]
-            left = estimate_left(remaining, known, done)
+            left = estimate_left([m[1], *remaining], known, done)  # this stage included
             line_ = progress_line(k, k + len(remaining), m[1], now - t0, left)
             print(line_, file=sys.stderr, flush=True)
         sys.stdout.write(line)

@@ -9,7 +9,8 @@ goes to stderr. The estimate sums the duration of this stage and every later one
 runs (``.cache/kappaflow/stage_seconds.json``, the last run of each stage name); for a stage
 never run here, its time in the reference run shipped with the package (:data:`REFERENCE_FILE`:
 the default profile from a clean clone on 2 CPU cores, so a user's first ``kappaflow repro``
-gets a real ETA), else the mean of the stages timed in this run; ``~?`` until there is anything to go on.
+gets a real ETA), else the mean of the stages timed in this run; ``~?`` until there is anything
+to go on.
 
 At the end it prints a wall-time table of the stages that ran (:func:`stage_time_table`), writes
 it to ``.cache/kappaflow/last_repro.md`` and, when the run succeeded and tracking is on, logs it

@@ -151,7 +151,9 @@ def error_model(
     for tr, va in GroupKFold(k, shuffle=True, random_state=seed).split(X, groups=g):
         model = ExtraTreesRegressor(200, max_features=0.5, random_state=seed, n_jobs=FOREST_N_JOBS)
         oof[va] = model.fit(X[tr], y[tr]).predict(X[va])
-    errors = ExtraTreesRegressor(200, max_features=0.5, min_samples_leaf=3, random_state=seed)
+    errors = ExtraTreesRegressor(
+        200, max_features=0.5, min_samples_leaf=3, random_state=seed, n_jobs=FOREST_N_JOBS
+    )
     errors.fit(X, np.abs(oof - y))
     return np.asarray(errors.predict(features[test_idx]), dtype=np.float64)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,8 +84,12 @@ class ConfigSource:
         """Return ``overrides`` plus ``transfer=[selected..., searched...]`` if needed.
 
         That is, when a strategy the sweep searches is not selected (Hydra composition only; a
-        params.yaml cannot pick config groups).
+        params.yaml cannot pick config groups). Worked out once per source, not per trial.
         """
+        return self._base_overrides
+
+    @cached_property
+    def _base_overrides(self) -> tuple[str, ...]:
         if self.params_file is not None or any(
             o.partition("=")[0].lstrip("+~") == "transfer" for o in self.overrides
         ):

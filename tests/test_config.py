@@ -53,6 +53,9 @@ def test_one_transfer_strategy_alone():
         "features",
         "two_stage",
         "stack",
+        "sevennet_features",
+        "sevennet_stack",
+        "sevennet_finetune",
     ]
     assert list(compose(["transfer=freeze"]).transfer.strategies) == ["freeze"]
 

@@ -152,6 +152,28 @@ def target_name(cfg: DictConfig, dataset: str) -> str:
     return (kappa_targets or positive)[0]
 
 
+def with_structures(cfg: DictConfig, dataset: str, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (rows of ``dataset``, any order) with the prepared structures' columns added.
+
+    Adds ``lattice`` (Å), ``numbers`` and ``frac_coords`` from ``data/interim/<dataset>``, row for
+    row (models that build their own input graphs from the structures need them).
+
+    Raises:
+        KeyError: an id of ``table`` is not among the dataset's prepared rows.
+    """
+    cols = ["lattice", "numbers", "frac_coords"]
+    prepared = load_prepared(interim_dir(cfg, dataset)).drop_duplicates("id").set_index("id")
+    ids = table["id"].astype(str)
+    missing = sorted(set(ids) - set(prepared.index.astype(str)))
+    if missing:
+        raise KeyError(f"{dataset}: ids {missing[:3]} are not prepared rows (stale table?)")
+    prepared.index = prepared.index.astype(str)
+    out = table.drop(columns=[c for c in cols if c in table.columns]).copy()
+    for c in cols:
+        out[c] = prepared.loc[ids, c].to_numpy()
+    return out
+
+
 def kappa_table(cfg: DictConfig, dataset: str) -> tuple[pd.DataFrame, str]:
     """Return the prepared rows of a dataset with its target (:func:`target_name`) as ``kappa``.
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 from kappa_testkit import perturbed_export, split, tiny_graphs, trainer_cfg
 from omegaconf import OmegaConf
+from pymatgen.core import Lattice, Structure
 from torch_geometric.data import Batch
 
 from kappaflow.layout import project_root
-from kappaflow.models import MEGNetEncoder, build_model
+from kappaflow.models import MEGNetEncoder, build_model, encoder_class
 from kappaflow.training.datamodule import GraphDataModule
 from kappaflow.training.export import save_model
 from kappaflow.training.module import KappaLightningModule
@@ -304,9 +305,48 @@ def test_strategy_file_composes_its_pretrain_run(name: str) -> None:
     from kappaflow.config import compose
 
     cfg = compose([f"transfer={name}"])
-    s_cfg = cfg.transfer.strategies[name]
-    if s_cfg.pretrained is not None:
-        assert cfg.pretrain.runs[s_cfg.pretrained].model == s_cfg.model
+    defined = OmegaConf.load(CONF / f"{name}.yaml").strategies
+    assert set(cfg.transfer.strategies) == set(defined)
+    for key in defined:
+        s_cfg = cfg.transfer.strategies[key]
+        if s_cfg.pretrained is not None:
+            assert cfg.pretrain.runs[s_cfg.pretrained].model == s_cfg.model
+        elif s_cfg.name != "scratch":  # a transfer strategy without a run: bundled weights
+            assert encoder_class(cfg.models[s_cfg.model]).ships_weights, key
+
+
+def test_sevennet_strategies_use_the_bundled_potential(graphs: list[Any]) -> None:
+    """No pretraining run: finetune / features use SevenNet-0's own weights; scratch refuses."""
+    from kappaflow.graphs.atoms import crystal_to_atom_graph
+    from kappaflow.structure.crystal import CrystalArrays
+
+    card = OmegaConf.load(project_root() / "conf" / "models" / "sevennet.yaml")
+    files = OmegaConf.load(CONF / "sevennet.yaml").strategies
+    assert {s.pretrained for s in files.values()} == {None}
+    L.seed_everything(0)
+    model, over = prepare_model(files.sevennet_finetune, card, None, 1)
+    assert over["optim"]["encoder_lr_mult"] == pytest.approx(0.1)
+    assert model.n_parameters(trainable_only=True) == model.n_parameters()
+    frozen, _ = prepare_model(files.sevennet_features, card, None, 1)
+    head = sum(p.numel() for p in frozen.head.parameters())
+    assert frozen.n_parameters(trainable_only=True) == head  # the encoder is frozen
+    torch.testing.assert_close(
+        frozen.encoder.state_dict(), model.encoder.state_dict(), rtol=0, atol=0
+    )
+    cells = [
+        Structure(Lattice.cubic(a), [x, y], [[0, 0, 0], [0.5, 0.5, 0.5]])
+        for a, x, y in [(3.0, "Cs", "Cl"), (2.9, "Na", "F"), (3.3, "K", "Br"), (2.6, "Li", "H")]
+    ]
+    items = [
+        crystal_to_atom_graph(CrystalArrays.from_structure(c), 5.0, [1.0], str(i))
+        for i, c in enumerate(cells)
+    ]
+    emb = extract_embeddings(frozen, items, batch_size=3)
+    assert emb.shape == (4, 640) and np.isfinite(emb).all()
+    with pytest.raises(ValueError, match="ships its pretrained weights"):
+        prepare_model(files.sevennet_finetune, card, Path("models/pretrain/cgcnn.pt"), 1)
+    with pytest.raises(ValueError, match="scratch on 'sevennet'"):
+        prepare_model({"name": "scratch", "model": "sevennet"}, card, None, 1)
 
 
 # ---------------------------------------------------------------------------------- config + errors

@@ -10,6 +10,7 @@ from kappaflow._lazy import lazy_exports
 
 _EXPORTS = {
     "crystal_to_graph": "kappaflow.graphs.build",
+    "crystal_to_atom_graph": "kappaflow.graphs.atoms",
     "build_graph_cache": "kappaflow.graphs.cache",
     "load_graph_cache": "kappaflow.graphs.cache",
     "GraphDataset": "kappaflow.graphs.cache",

@@ -17,6 +17,7 @@ from kappaflow.models.factory import (
 )
 from kappaflow.models.heads import MLPHead
 from kappaflow.models.megnet import MEGNetBlock, MEGNetEncoder, build_megnet
+from kappaflow.models.sevennet import SevenNetEncoder, build_sevennet
 
 __all__ = [
     "CGCNNEncoder",
@@ -29,10 +30,12 @@ __all__ = [
     "MEGNetBlock",
     "MEGNetEncoder",
     "MLPHead",
+    "SevenNetEncoder",
     "build_cgcnn",
     "build_descriptor_mlp",
     "build_megnet",
     "build_model",
+    "build_sevennet",
     "check_graph_settings",
     "composition_data",
     "encoder_class",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -10,8 +11,9 @@ from torch import nn
 
 from kappaflow.models.heads import MLPHead
 
-#: What an encoder reads: a crystal graph (from a graph cache) or a composition vector.
-InputKind = Literal["graph", "composition"]
+#: What an encoder reads: a crystal graph (from a graph cache), a composition vector, or the
+#: atom graph of a universal potential (edge vectors within its own cutoff, built on the fly).
+InputKind = Literal["graph", "composition", "atoms"]
 
 #: Command that rebuilds the graph caches (``data/graphs/<dataset>.pt``).
 REBUILD_GRAPHS = "dvc repro featurize"
@@ -85,7 +87,10 @@ class Encoder(nn.Module):
     Each encoder class also owns what it reads (class attributes, no instance needed; the
     factory resolves a model card's ``name`` to its encoder class):
 
-    * ``input_kind`` -- ``"graph"`` (crystal graphs of a graph cache) or ``"composition"``;
+    * ``input_kind`` -- ``"graph"`` (crystal graphs of a graph cache), ``"composition"`` or
+      ``"atoms"`` (a universal potential's atom graphs, :mod:`kappaflow.graphs.atoms`);
+    * ``ships_weights`` -- True if building the encoder loads pretrained weights that come with
+      an installed package (a universal potential): strategies then need no pretraining run;
     * ``filters_edges`` -- graph encoders only: True if the encoder drops edges longer than its
       own ``cutoff`` (a cache built with a larger cutoff is fine, e.g. MEGNet), False if it uses
       every edge of the graph (the cache cutoff must equal the card's, e.g. CGCNN).
@@ -95,6 +100,7 @@ class Encoder(nn.Module):
 
     input_kind: ClassVar[InputKind] = "graph"
     filters_edges: ClassVar[bool] = False
+    ships_weights: ClassVar[bool] = False
 
     embed_dim: int
     blocks: nn.ModuleList
@@ -154,6 +160,14 @@ class Encoder(nn.Module):
                 f"{source} was built with cutoff={g} Å but {who} needs cutoff={m} Å "
                 f"(it uses every edge of the graph){hint}"
             )
+
+    @classmethod
+    def weight_files(cls, model_cfg: Any) -> list[Path]:
+        """Files outside the project that hold this encoder's weights (``ships_weights``).
+
+        Content keys of cached results include them (:mod:`kappaflow.transfer.fit_predict`).
+        """
+        return []
 
     def forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
         """Return the per-graph embedding ``[B, embed_dim]``."""

@@ -12,16 +12,18 @@ from kappaflow.models.base import Encoder, InputKind, KappaModel
 from kappaflow.models.cgcnn import CGCNNEncoder, build_cgcnn
 from kappaflow.models.descriptor_mlp import DescriptorMLPEncoder, build_descriptor_mlp
 from kappaflow.models.megnet import MEGNetEncoder, build_megnet
+from kappaflow.models.sevennet import SevenNetEncoder, build_sevennet
 
 #: Config keys that describe the model or its input graphs but are not constructor arguments.
 METADATA_KEYS = frozenset(
-    {"name", "description", "max_neighbors", "input", "features", "published"}
+    {"name", "description", "max_neighbors", "input", "features", "published", "trained_on"}
 )
 
 _BUILDERS: dict[str, Callable[..., KappaModel]] = {
     "cgcnn": build_cgcnn,
     "megnet": build_megnet,
     "descriptor_mlp": build_descriptor_mlp,
+    "sevennet": build_sevennet,
 }
 
 
@@ -30,6 +32,7 @@ _ENCODERS: dict[str, type[Encoder]] = {
     "cgcnn": CGCNNEncoder,
     "megnet": MEGNetEncoder,
     "descriptor_mlp": DescriptorMLPEncoder,
+    "sevennet": SevenNetEncoder,
 }
 
 

@@ -204,13 +204,19 @@ class KappaEnsemble:
         return len(self.members)
 
     def featurize(self, crystal: CrystalArrays, material_id: str = "", formula: str = "") -> Data:
-        """Model input of one crystal (graph, or Magpie vector of ``formula`` for composition).
+        """Model input of one crystal: graph, atom graph, or Magpie vector of ``formula``.
 
         Args:
             crystal: the crystal.
             material_id: stored as ``material_id``.
             formula: reduced formula (composition members only; derived from the crystal if "").
         """
+        if self.input_kind == "atoms":  # a universal potential's graph, its own cutoff
+            from kappaflow.graphs.atoms import crystal_to_atom_graph
+
+            return crystal_to_atom_graph(
+                crystal, float(self.model_cfg["cutoff"]), material_id=str(material_id)
+            )
         if self.input_kind == "graph":
             from kappaflow.graphs.build import crystal_to_graph
 

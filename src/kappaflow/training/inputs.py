@@ -1,4 +1,7 @@
-"""What a model eats: graph caches for GNNs, Magpie vectors for the descriptor MLP.
+"""What a model eats: graph caches, Magpie vectors or atom graphs.
+
+Graph caches for the GNNs, Magpie vectors for the descriptor MLP, atom graphs (edge vectors,
+built on the fly) for universal-potential encoders.
 
 Shared by the pretraining and fine-tuning stages so that both read data the same way.
 """
@@ -103,6 +106,27 @@ class ModelInputs:
     features: np.ndarray | None = None
 
 
+def _atom_graphs(
+    model_cfg: Mapping[str, Any] | DictConfig, table: pd.DataFrame, names: Sequence[str]
+) -> ListDataset:
+    """Atom graphs of every row (the card's ``cutoff``), with the rows' raw targets."""
+    from kappaflow.graphs.atoms import crystal_to_atom_graph
+    from kappaflow.structure.crystal import CrystalArrays
+
+    missing = [c for c in ("lattice", "numbers", "frac_coords") if c not in table.columns]
+    if missing:
+        raise ValueError(f"atom graphs need the prepared structures; the table lacks {missing}")
+    cutoff = float(to_plain(model_cfg)["cutoff"])
+    y = table[list(names)].to_numpy(dtype=np.float64)
+    rows = zip(table["lattice"], table["numbers"], table["frac_coords"], table["id"], strict=True)
+    return ListDataset(
+        [
+            crystal_to_atom_graph(CrystalArrays.from_row(lat, num, frac), cutoff, y[i], str(mid))
+            for i, (lat, num, frac, mid) in enumerate(rows)
+        ]
+    )
+
+
 def load_model_inputs(
     model_cfg: Mapping[str, Any] | DictConfig,
     table: pd.DataFrame,
@@ -115,7 +139,9 @@ def load_model_inputs(
         model_cfg: model card (``conf/models/*.yaml``).
         table: prepared rows (``data/interim/<ds>/valid.parquet``) with the target columns.
         target_names: targets to learn, in order.
-        graph_cache: ``data/graphs/<ds>.pt`` (graph models only).
+        graph_cache: ``data/graphs/<ds>.pt`` (graph models only). Atom-graph models
+            (``input_kind`` ``atoms``) build theirs from the table's structures
+            (:func:`kappaflow.graphs.atoms.crystal_to_atom_graph`, the card's cutoff).
 
     Raises:
         ValueError: if the graph cache does not hold exactly the table's materials, or a target
@@ -138,6 +164,10 @@ def load_model_inputs(
             composition_data(X[i], y[i], str(mid)) for i, mid in enumerate(table["id"].tolist())
         ]
         return ModelInputs(ListDataset(items), table.reset_index(drop=True), names, X)
+    if input_kind(model_cfg) == "atoms":
+        return ModelInputs(
+            _atom_graphs(model_cfg, table, names), table.reset_index(drop=True), names
+        )
 
     from kappaflow.graphs.cache import load_graph_cache
 

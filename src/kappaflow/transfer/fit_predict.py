@@ -51,10 +51,12 @@ from kappaflow.layout import (
     kappa_table,
     project_root,
     target_name,
+    with_structures,
 )
+from kappaflow.models.factory import encoder_class
 from kappaflow.training.datamodule import GraphDataModule
 from kappaflow.training.export import predict, save_model
-from kappaflow.training.inputs import RowsView, input_kind, load_model_inputs
+from kappaflow.training.inputs import ModelInputs, RowsView, input_kind, load_model_inputs
 from kappaflow.training.mlflow_logger import MlflowEpochLogger
 from kappaflow.training.module import KappaLightningModule
 from kappaflow.training.target_transform import TargetTransform
@@ -182,8 +184,7 @@ def build_fit_predict(
     root = project_root()
     work.mkdir(parents=True, exist_ok=True)
     plan = stage_plan(s_cfg, target_dataset=dataset) if s_cfg.name == "two_stage" else []
-    cache = graph_cache_path(cfg, dataset) if input_kind(model_cfg) == "graph" else None
-    inputs = load_model_inputs(model_cfg, table, [target_name(cfg, dataset)], cache)
+    inputs = _model_inputs(cfg, model_cfg, dataset, table)
     base_trainer = fold_trainer_cfg(cfg, {}, ev)
     pretrained = (
         pretrained_model_path(root / cfg.paths.models_dir, s_cfg.pretrained)
@@ -194,10 +195,10 @@ def build_fit_predict(
     n_splits = int(protocol_settings(ev)["n_splits"])
     sklearn_head = uses_sklearn_regressor(s_cfg)
     stacked = uses_stacking(s_cfg)
-    if stacked and input_kind(model_cfg) != "graph":
+    if stacked and input_kind(model_cfg) == "composition":
         raise ValueError(
             f"strategy {strategy!r} stacks on the crystal graph's composition: its model "
-            f"{s_cfg.model!r} must be a graph model (cgcnn, megnet)"
+            f"{s_cfg.model!r} must read structures (cgcnn, megnet, sevennet)"
         )
     groups = material_keys(table, ev.get("group_level", "formula")).to_numpy()  # as the folds
     if export_dir is not None and export_dir.exists():
@@ -350,8 +351,7 @@ def _run_earlier_stages(
             len(kept),
             len(removed),
         )
-        cache = graph_cache_path(cfg, stage.dataset) if input_kind(model_cfg) == "graph" else None
-        inputs = load_model_inputs(model_cfg, kept, [target_name(cfg, stage.dataset)], cache)
+        inputs = _model_inputs(cfg, model_cfg, stage.dataset, kept)
         tr, va = inner_validation_split(
             np.arange(len(kept)),
             material_keys(kept).to_numpy(),
@@ -392,6 +392,21 @@ def fold_inputs(cfg: DictConfig, strategy: str, dataset: str) -> list[Path]:
     return _inputs(cfg, strategy_node(cfg, strategy), dataset)
 
 
+def _model_inputs(
+    cfg: DictConfig, model_cfg: DictConfig, dataset: str, table: pd.DataFrame
+) -> ModelInputs:
+    """Return the inputs of ``model_cfg`` for ``table`` (rows of ``dataset``).
+
+    The graph cache, the Magpie vectors, or atom graphs built from the prepared structures.
+    """
+    kind = input_kind(model_cfg)
+    cache = graph_cache_path(cfg, dataset) if kind == "graph" else None
+    rows = with_structures(cfg, dataset, table) if kind == "atoms" else table
+    inputs = load_model_inputs(model_cfg, rows, [target_name(cfg, dataset)], cache)
+    inputs.table = table.reset_index(drop=True)
+    return inputs
+
+
 def _inputs(cfg: DictConfig, s_cfg: DictConfig, dataset: str) -> list[Path]:
 
     root = project_root()
@@ -401,7 +416,9 @@ def _inputs(cfg: DictConfig, s_cfg: DictConfig, dataset: str) -> list[Path]:
     names = [dataset]
     if s_cfg.name == "two_stage":
         names += [st.dataset for st in stage_plan(s_cfg, target_dataset=dataset)[:-1]]
-    graph = input_kind(cfg.models[s_cfg.model]) == "graph"
+    model_cfg = cfg.models[s_cfg.model]
+    files += encoder_class(model_cfg).weight_files(model_cfg)  # weights that ship in a package
+    graph = input_kind(model_cfg) == "graph"
     for name in names:
         files.append(interim_dir(cfg, name) / "valid.parquet")
         if graph:

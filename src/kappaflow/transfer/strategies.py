@@ -415,7 +415,8 @@ def prepare_model(
         model_cfg: the model card (``conf/models/<name>.yaml``); must match the pretrained card.
         pretrained_path: ``models/pretrain/<run>.pt`` (see :func:`pretrained_model_path`);
             ignored (may be None) for ``scratch``, optional for ``two_stage`` (None: the chain
-            starts from random weights), required otherwise.
+            starts from random weights), None for an encoder that ships its weights
+            (``Encoder.ships_weights``: a universal potential), required otherwise.
         n_targets: number of targets of the new head (1 for κ).
 
     Returns:
@@ -445,26 +446,41 @@ def prepare_model(
     trainer = dict(cfg.get("trainer") or {})
     model = build_model(card, int(n_targets))
     assert isinstance(model, KappaModel)
+    ships_weights = bool(getattr(model.encoder, "ships_weights", False))
     if name == "scratch":
+        if ships_weights:
+            raise ValueError(
+                f"scratch on {card.get('name')!r}: this encoder is built with the weights that "
+                "ship in its package; a from-scratch baseline uses a trainable architecture "
+                "(cgcnn, megnet, descriptor_mlp)"
+            )
         if pretrained_path is not None:
             log.info("scratch: ignoring pretrained model %s", pretrained_path)
         return PreparedModel(model, trainer)
 
-    if pretrained_path is None:
+    if ships_weights:
+        if pretrained_path is not None:
+            raise ValueError(
+                f"transfer strategy {name!r}: {card.get('name')!r} ships its pretrained weights; "
+                f"set `pretrained: null` (got {pretrained_path})"
+            )
+        log.info("%s: encoder weights of %s (bundled) -> new head", name, card.get("name"))
+    elif pretrained_path is None:
         if name == "two_stage":  # chain starting from random weights
             _, over = apply_stage(model, stage_plan(cfg)[0], int(n_targets))
             return PreparedModel(model, over)
         raise ValueError(f"transfer strategy {name!r} needs a pretrained model (`pretrained`)")
-    pre, info = load_pretrained(pretrained_path, card, run=cfg.get("pretrained"))
-    copy_encoder(model, pre)
-    log.info(
-        "%s: encoder of %s (pretrained on %s, %d targets) -> new head with %d targets",
-        name,
-        pretrained_path,
-        (info.get("meta") or {}).get("dataset", "?"),
-        int(info["n_targets"]),
-        int(n_targets),
-    )
+    else:
+        pre, info = load_pretrained(pretrained_path, card, run=cfg.get("pretrained"))
+        copy_encoder(model, pre)
+        log.info(
+            "%s: encoder of %s (pretrained on %s, %d targets) -> new head with %d targets",
+            name,
+            pretrained_path,
+            (info.get("meta") or {}).get("dataset", "?"),
+            int(info["n_targets"]),
+            int(n_targets),
+        )
     lr_mult = _float(cfg, "encoder_lr_mult", _LR_MULT)
     k = _int(cfg, "unfreeze_last_k", 0)
     if name == "finetune":

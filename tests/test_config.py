@@ -45,7 +45,7 @@ def test_flatten():
 
 def test_one_transfer_strategy_alone():
     """`dvc exp run -S transfer=freeze` composes that strategy alone (a smaller matrix)."""
-    assert list(compose().transfer.strategies) == ["stack"]  # the default profile
+    assert list(compose().transfer.strategies) == ["sevennet_stack"]  # the default profile
     assert list(compose(["transfer=all"]).transfer.strategies) == [
         "scratch",
         "finetune",
@@ -72,7 +72,8 @@ def _runs_in_use(cfg) -> set[str]:
     from kappaflow.transfer.fit_predict import with_strategy
 
     ev = cfg.evaluation
-    study = {*ev.other_target_strategies, *ev.extrapolation.methods, *ev.domain.methods}
+    other = ev.other_target_strategies if ev.other_targets else []  # no target: no stage
+    study = {*other, *ev.extrapolation.methods, *ev.domain.methods}
     names = set(cfg.transfer.strategies) | {m for m in study if (CONF / f"{m}.yaml").is_file()}
     runs = {with_strategy(cfg, n).transfer.strategies[n].pretrained for n in names}
     runs |= set(ev.pretrain_size.runs.values())
@@ -108,14 +109,15 @@ def test_megnet_is_pretrained_only_for_two_stage():
 
 
 def test_default_profile_is_the_cpu_budget_and_smoke_still_covers_everything():
-    """The default (README command 1, < 60 min on 2 CPU cores) runs the stack and the cheap
-    studies only; the smoke experiment (CI) still composes every strategy, study and stage."""
+    """The default (README command 1, < 60 min on 2 CPU cores) runs the stack on the frozen
+    SevenNet-0 potential (no pretraining run) and the cheap studies only; the smoke experiment
+    (CI) still composes every strategy, study and stage."""
     default = compose()
-    assert list(default.transfer.strategies) == ["stack"]
-    assert list(default.pretrain.runs) == ["cgcnn"] and default.pretrain.trainer.max_epochs <= 10
+    assert list(default.transfer.strategies) == ["sevennet_stack"]
+    assert not default.pretrain.runs and default.pretrain.trainer.max_epochs <= 10
     assert not default.evaluation.pretrain_size.datasets and not default.evaluation.other_targets
     assert not default.phonons.datasets and not default.phonons.kappa.datasets
-    assert set(default.evaluation.domain.methods) == {"magpie_rf", "stack"}
+    assert set(default.evaluation.domain.methods) == {"magpie_rf", "sevennet_stack"}
     assert default.registry.gate.enforce  # the default's champion must pass the gate
     smoke = compose(["+experiment=smoke"])
     every = compose(["transfer=all"])

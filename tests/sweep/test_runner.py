@@ -77,7 +77,7 @@ def test_best_file_composes_to_the_best_params(tmp_path, monkeypatch, mlflow_db,
     # the default profile selects the stack alone: the file composes the tuned recipe whole
     assert "  - /transfer/finetune@transfer" in best_file.read_text()
     assert composed.transfer.strategies.finetune.model == "cgcnn"
-    assert list(composed.transfer.strategies) == ["stack", "finetune"]
+    assert list(composed.transfer.strategies) == ["sevennet_stack", "finetune"]
     for path, value in report.best_overrides.items():
         assert OmegaConf.select(OmegaConf.create(dumped), path) == value
         assert OmegaConf.select(composed, path) == value

@@ -39,17 +39,21 @@ def strategy_cfg():
 
 
 def test_the_sweep_composes_the_recipes_it_searches():
-    """The default profile selects the stack alone: a sweep adds the strategies it searches."""
+    """The default profile selects one stack alone: a sweep adds the strategies it searches."""
     from kappaflow.sweep.objective import ConfigSource
 
-    assert list(compose().transfer.strategies) == ["stack"]
-    assert ConfigSource(()).base_overrides() == ("transfer=[stack,finetune]",)
-    assert ConfigSource(("sweep=strategy",)).base_overrides()[-1].startswith("transfer=[stack,")
+    assert list(compose().transfer.strategies) == ["sevennet_stack"]
+    assert ConfigSource(()).base_overrides() == ("transfer=[sevennet_stack,finetune]",)
+    assert (
+        ConfigSource(("sweep=strategy",))
+        .base_overrides()[-1]
+        .startswith("transfer=[sevennet_stack,")
+    )
     assert ConfigSource(("transfer=all",)).base_overrides() == ("transfer=all",)  # user's choice
     params_source = ConfigSource((), "params.yaml")  # a params.yaml cannot pick config groups
     assert params_source.base_overrides() == ()
     settings = SweepSettings.from_cfg(compose())
-    with pytest.raises(SpaceError, match=r"kappaflow config dump 'transfer=\[finetune,stack\]'"):
+    with pytest.raises(SpaceError, match=r"config dump 'transfer=\[finetune,sevennet_stack\]'"):
         check_paths(settings.params, compose())
 
 

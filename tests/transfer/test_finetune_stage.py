@@ -61,16 +61,20 @@ def test_every_strategy_then_the_report(project, monkeypatch):
         assert folds == ["repeat0-fold0.pt", "repeat0-fold1.pt"], strategy
 
     # an exported fold model, loaded weights-only, reproduces its out-of-fold predictions
-    from kappaflow.layout import graph_cache_path, kappa_table
+    from kappaflow.layout import graph_cache_path, kappa_table, with_structures
     from kappaflow.training.export import load_model, predict
     from kappaflow.training.inputs import RowsView, load_model_inputs
 
     table, _ = kappa_table(cfg, "paraisite_d1")
+    stacking = [s for s, node in cfg.transfer.strategies.items() if node.get("stack")]
+    assert stacking == ["stack", "sevennet_stack"]
     for strategy, card, cache in (
         ("finetune", cfg.models.cgcnn, graph_cache_path(cfg, "paraisite_d1")),
         ("two_stage", cfg.models.megnet, graph_cache_path(cfg, "paraisite_d1")),
         ("features", cfg.models.descriptor_mlp, None),
         ("stack", cfg.models.cgcnn, graph_cache_path(cfg, "paraisite_d1")),
+        ("sevennet_stack", cfg.models.sevennet, None),  # atom graphs from the structures
+        ("sevennet_finetune", cfg.models.sevennet, None),
     ):
         out = root / "models/finetune" / strategy / "paraisite_d1"
         model, transform, info = load_model(out / "folds/repeat0-fold1.pt")
@@ -79,16 +83,19 @@ def test_every_strategy_then_the_report(project, monkeypatch):
         preds = pd.read_csv(out / "predictions.csv")
         fold = preds[(preds.repeat == 0) & (preds.fold == 1)]
         rows = table.index[table.id.isin(fold.id)].to_numpy()
-        inputs = load_model_inputs(card, table, ["kappa"], cache)
+        rows_in = with_structures(cfg, "paraisite_d1", table) if card.name == "sevennet" else table
+        inputs = load_model_inputs(card, rows_in, ["kappa"], cache)
         ids, kappa = predict(model, transform, RowsView(inputs.dataset, rows), 64)
         expected = fold.set_index("id").loc[ids, "kappa_pred"].to_numpy()
         assert kappa[:, 0] == pytest.approx(expected, rel=1e-4), strategy
-        if strategy == "stack":  # blend weights from inner folds of the training part, >= 0
+        if strategy in stacking:  # blend weights from inner folds of the training part, >= 0
             from kappaflow.data.leakage import material_keys
 
             keys = dict(zip(table.id.astype(str), material_keys(table), strict=True))
-            assert len(stack_fits) == 2  # one fit per fold, never on a test material
-            for k, fitted in enumerate(stack_fits):
+            # one fit per fold and stacking strategy (in strategy order), never on a test material
+            assert len(stack_fits) == 2 * len(stacking)
+            mine = stack_fits[2 * stacking.index(strategy) : 2 * stacking.index(strategy) + 2]
+            for k, fitted in enumerate(mine):
                 test_ids = preds[(preds.repeat == 0) & (preds.fold == k)].id.astype(str)
                 assert fitted and not fitted & {keys[i] for i in test_ids}
             stack = info["meta"]["stack"]

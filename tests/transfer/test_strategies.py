@@ -294,7 +294,7 @@ def test_two_stage_cgcnn_is_the_same_chain() -> None:
 
 
 #: Files of conf/transfer that select several strategies rather than define one.
-COLLECTIONS = ("all", "default", "paper")
+COLLECTIONS = ("all", "default", "paper", "sevennet")
 
 
 @pytest.mark.parametrize(
@@ -321,7 +321,9 @@ def test_sevennet_strategies_use_the_bundled_potential(graphs: list[Any]) -> Non
     from kappaflow.structure.crystal import CrystalArrays
 
     card = OmegaConf.load(project_root() / "conf" / "models" / "sevennet.yaml")
-    files = OmegaConf.load(CONF / "sevennet.yaml").strategies
+    files = OmegaConf.create(
+        {k: load_strategy(k) for k in ("sevennet_features", "sevennet_stack", "sevennet_finetune")}
+    )
     assert {s.pretrained for s in files.values()} == {None}
     L.seed_everything(0)
     model, over = prepare_model(files.sevennet_finetune, card, None, 1)

@@ -498,7 +498,7 @@ def prepare_model(
 # ---------------------------------------------------------------------------------- features
 @torch.no_grad()
 def extract_embeddings(
-    model: KappaModel, dataset: Sequence[Any], batch_size: int = 256
+    model: KappaModel, dataset: Sequence[Any], batch_size: int = 256, progress: bool = True
 ) -> np.ndarray:
     """Per-material embeddings ``model.encode(batch)`` in eval mode, in dataset order.
 
@@ -506,21 +506,31 @@ def extract_embeddings(
         model: a ``KappaModel`` (its device is used; its train/eval mode is restored).
         dataset: PyG ``Data`` items (graphs, or composition items with ``comp``).
         batch_size: items per batch.
+        progress: a progress bar with ETA (crystals) when there are more than two batches.
 
     Returns:
         ``np.ndarray`` float64 ``[N, embed_dim]``.
     """
     from torch_geometric.loader import DataLoader
+    from tqdm.auto import tqdm
 
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
+    # a frozen foundation potential on a few thousand crystals takes minutes on a CPU
+    bar = tqdm(
+        total=len(dataset), desc=f"{model.name or 'encoder'} embeddings", unit="crystal",
+        disable=not progress or len(loader) <= 2, leave=False,
+    )  # fmt: skip
     try:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):  # type: ignore[arg-type]
+        for batch in loader:
             out.append(model.encode(batch.to(device)).double().cpu().numpy())
+            bar.update(int(out[-1].shape[0]))
     finally:
+        bar.close()
         model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, model.embed_dim))
 

@@ -78,3 +78,25 @@ def test_extrapolate_and_pretrain_size_stages(project) -> None:
     saved = json.loads((root / "metrics/pretrain_size.json").read_text())
     assert saved == json.loads(json.dumps(size))
     assert (root / "plots/pretrain_size/pretrain_size.png").stat().st_size > 1000
+
+
+def test_domain_error_by_group_by_hand() -> None:
+    """Each method's held-out log10-MAE per group and pooled, on the same rows."""
+    import pandas as pd
+
+    from kappaflow.stages.domain import _error_table, error_by_group
+
+    rows = pd.DataFrame({"group": ["a", "a", "b"], "kappa_true": [1.0, 10.0, 100.0]})
+    per_method = {
+        "good": rows.assign(kappa_pred=[1.0, 10.0, 50.0]),  # errors 0, 0, log10 2
+        "bad": rows.assign(kappa_pred=[10.0, 1.0, 1000.0]),  # errors 1, 1, 1
+    }
+    errors = error_by_group(per_method).set_index("group")
+    assert list(errors.index) == ["a", "b", "all"] and list(errors.n) == [2, 1, 3]
+    assert errors.loc["a", "good"] == 0.0 and errors.loc["b", "good"] == pytest.approx(0.30103)
+    assert errors.loc["all", "good"] == pytest.approx(0.30103 / 3)
+    assert errors.loc["all", "bad"] == pytest.approx(1.0)
+    assert errors.loc["all", "good within 2x"] == 1.0  # exactly 2x counts as within
+    assert errors.loc["all", "bad within 2x"] == 0.0
+    table = _error_table(errors.reset_index(), ["good", "bad"])
+    assert "| **all held-out rows** | 3 | 0.100 (100 %) | 1.000 (0 %) |" in table

@@ -9,7 +9,8 @@ validation part of them) and predicts κ (W/m/K) for the held-out group; the can
 (:mod:`kappaflow.evaluation.domain`) are scored against its errors.
 
 Outputs: ``reports/domain.md`` (per method: recall of > 3× misses and false rejection of
-within-2× hits for every signal combination, pooled and per group), ``metrics/domain.json``.
+within-2× hits for every signal combination, pooled and per group; each method's held-out
+log10-MAE per group: how wrong it is off its training families), ``metrics/domain.json``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,39 @@ def _table(q: pd.DataFrame) -> str:
     return (head + "\n" + "\n".join(lines)).replace("nan %", "–")
 
 
+def error_by_group(per_method: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Held-out error of each method on each held-out group, and pooled over the groups.
+
+    Args:
+        per_method: method -> its :func:`holdout_predictions` rows (same groups and rows for
+            every method: one table, one grouping).
+
+    Returns:
+        One row per group (then ``all``): ``group``, ``n`` and, per method, ``<method>``
+        (log10-MAE, decades of κ in W/m/K) and ``<method> within 2x`` (fraction).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for method, rows in per_method.items():
+        err = np.abs(np.log10(rows.kappa_pred) - np.log10(rows.kappa_true))
+        parts = [*rows.groupby("group"), ("all", rows)]
+        for group, part in parts:
+            e = err.loc[part.index]
+            row = out.setdefault(str(group), {"group": str(group), "n": len(part)})
+            row[method] = float(e.mean())
+            row[f"{method} within 2x"] = float((e <= np.log10(2.0) + 1e-12).mean())
+    return pd.DataFrame(list(out.values()))
+
+
+def _error_table(errors: pd.DataFrame, methods: list[str]) -> str:
+    head = "| held-out group | n | " + " | ".join(methods) + " |"
+    lines = [head, "|---|---|" + "---|" * len(methods)]
+    for r in errors.to_dict("records"):
+        cells = [f"{r[m]:.3f} ({100 * r[f'{m} within 2x']:.0f} %)" for m in methods]
+        name = "**all held-out rows**" if r["group"] == "all" else r["group"]
+        lines.append(f"| {name} | {r['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def domain_stage(cfg: DictConfig) -> dict[str, Any]:
     """Run the hold-out measurement of the domain signals; write the report and metrics."""
     dcfg = cfg.evaluation.domain
@@ -133,10 +167,12 @@ def domain_stage(cfg: DictConfig) -> dict[str, Any]:
         for dataset in dcfg.datasets:
             table, _ = kappa_table(cfg, dataset)
             for kind in dcfg.holdouts:
+                per_method: dict[str, pd.DataFrame] = {}
                 for method in dcfg.methods:
                     rows = holdout_predictions(cfg, str(method), dataset, table, str(kind))
                     if rows.empty:
                         continue
+                    per_method[str(method)] = rows
                     q = _quality(rows, dcfg)
                     groups = ", ".join(f"{g} ({n})" for g, n in rows.group.value_counts().items())
                     sections += [
@@ -147,6 +183,20 @@ def domain_stage(cfg: DictConfig) -> dict[str, Any]:
                     for r in q.itertuples():
                         key = f"{method}/{dataset}/{kind}/{r.signal}"
                         metrics[key] = {"recall": r.recall, "false_reject": r.false_reject}
+                if per_method:  # how wrong each method is off its training groups
+                    errors = error_by_group(per_method)
+                    sections += [
+                        f"## Held-out error on {dataset}, leave one {kind} out",
+                        "log10-MAE (share within 2×) of each method on the rows of a group it "
+                        "never saw, trained on every other group (same rows for every method).",
+                        _error_table(errors, list(per_method)),
+                    ]
+                    pooled = errors[errors.group == "all"].iloc[0]
+                    for method in per_method:
+                        metrics[f"{method}/{dataset}/{kind}/heldout"] = {
+                            "log10_mae": float(pooled[method]),
+                            "within_2x": float(pooled[f"{method} within 2x"]),
+                        }
         report = write_report(root / "reports" / "domain.md", *sections, title="Domain flag")
         metrics_path = root / cfg.paths.metrics_dir / "domain.json"
         finish_study(run, report, metrics_path, metrics, [], "domain")

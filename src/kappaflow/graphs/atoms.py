@@ -21,18 +21,6 @@ from kappaflow.graphs.build import targets_to_tensor
 from kappaflow.structure.crystal import CrystalArrays
 
 
-def crystal_to_ase(crystal: CrystalArrays) -> Any:
-    """Return the crystal as a periodic ``ase.Atoms`` (lattice and positions in Å)."""
-    from ase import Atoms
-
-    return Atoms(
-        numbers=crystal.numbers,
-        cell=crystal.lattice,
-        scaled_positions=crystal.frac_coords,
-        pbc=True,
-    )
-
-
 def crystal_to_atom_graph(
     crystal: CrystalArrays,
     cutoff: float,
@@ -60,9 +48,7 @@ def crystal_to_atom_graph(
         from sevenn.atom_graph_data import AtomGraphData
         from sevenn.train.dataload import unlabeled_atoms_to_graph
 
-    data = AtomGraphData.from_numpy_dict(
-        unlabeled_atoms_to_graph(crystal_to_ase(crystal), float(cutoff))
-    )
+    data = AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(crystal.to_ase(), float(cutoff)))
     data.z = torch.from_numpy(np.asarray(crystal.numbers, dtype=np.int64).copy())
     data.y = targets_to_tensor(y)
     data.material_id = str(material_id)

@@ -64,7 +64,6 @@ import numpy as np
 from kappaflow.phonons.descriptors import (
     PhononError,
     PhononSettings,
-    _atoms,
     _relax,
     _spacegroup,
     supercell_matrix,
@@ -316,7 +315,7 @@ def phono3py_kappa(
 
     settings = settings or KappaSettings()
     start = time.perf_counter()
-    atoms = _atoms(crystal)
+    atoms = crystal.to_ase()
     cells = supercells(atoms, settings)
     n_fc3, n_fc2 = cells.n_fc3, cells.n_fc2
     too_big = cells.too_big(settings)

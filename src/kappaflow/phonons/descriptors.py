@@ -147,17 +147,6 @@ def slack_kappa(
     return a * mass_amu * theta_a**3 * delta * n_atoms ** (1 / 3) / (gamma**2 * temperature)
 
 
-def _atoms(crystal: CrystalArrays) -> Any:
-    from ase import Atoms
-
-    return Atoms(
-        numbers=crystal.numbers,
-        cell=crystal.lattice,
-        scaled_positions=crystal.frac_coords,
-        pbc=True,
-    )
-
-
 def _spacegroup(atoms: Any) -> int:
     import spglib
 
@@ -260,7 +249,7 @@ def phonon_descriptors(
 
     settings = settings or PhononSettings()
     start = time.perf_counter()
-    atoms = _atoms(crystal)
+    atoms = crystal.to_ase()
     matrix = supercell_matrix(atoms.cell[:], settings.supercell_min_length)
     n_super = int(round(abs(np.linalg.det(matrix)))) * len(atoms)
     if n_super > settings.max_supercell_atoms:

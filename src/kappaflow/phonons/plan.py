@@ -22,7 +22,6 @@ from kappaflow.phonons.conductivity import (
     displaced_phono3py,
     supercells,
 )
-from kappaflow.phonons.descriptors import _atoms
 from kappaflow.structure.crystal import CrystalArrays
 
 
@@ -56,7 +55,7 @@ def force_plan(crystal: CrystalArrays, settings: KappaSettings) -> ForcePlan:
     """
     from ase.spacegroup.symmetrize import refine_symmetry
 
-    atoms = _atoms(crystal)
+    atoms = crystal.to_ase()
     cells = supercells(atoms, settings)
     if cells.too_big(settings):
         return ForcePlan(-1, cells.n_fc3, -1, cells.n_fc2)

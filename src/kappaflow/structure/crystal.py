@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,14 @@ class CrystalArrays:
     def cart_coords(self) -> np.ndarray:
         """[n, 3] Cartesian coordinates in Å."""
         return self.frac_coords @ self.lattice
+
+    def to_ase(self) -> Any:
+        """Return the crystal as a periodic ``ase.Atoms`` (cell and positions in Å)."""
+        from ase import Atoms
+
+        return Atoms(
+            numbers=self.numbers, cell=self.lattice, scaled_positions=self.frac_coords, pbc=True
+        )
 
     def to_structure(self) -> Structure:
         """Return the equivalent pymatgen ``Structure``."""

@@ -114,3 +114,32 @@ def test_export_round_trip_predicts_the_same(tmp_path) -> None:
     with torch.no_grad():
         np.testing.assert_allclose(model(batch).numpy(), loaded(batch).numpy(), atol=1e-5)
     assert info["model_cfg"]["potential"] == "sevennet-0"
+
+
+def test_atom_types_name_every_element_outside_the_potential() -> None:
+    encoder = make().encoder
+    assert encoder.atom_types(torch.tensor([11, 17])).tolist() == [
+        int(encoder.z_to_type[11]),
+        int(encoder.z_to_type[17]),
+    ]
+    with pytest.raises(ValueError, match=r"Z=\[84, 150\]"):
+        encoder.atom_types(torch.tensor([11, 84, 150]))
+
+
+def test_registry_ensemble_turns_an_unknown_element_into_that_rows_error() -> None:
+    """A SevenNet champion: a Po crystal is one error row, the NaCl beside it is predicted."""
+    from kappaflow.registry.ensemble import GraphSettings, KappaEnsemble
+    from kappaflow.registry.predictor import Item, predict_items
+
+    card = dict(load_model_cfg("sevennet"))
+    members = [make(seed).eval() for seed in (0, 1)]
+    tfs = [TargetTransform(["log10"], ["kappa"]) for _ in members]
+    ensemble = KappaEnsemble(members, tfs, card, GraphSettings(8.0, 12), device="cpu")
+    nacl, po = sixteen_structures()[0], Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]])
+    items = [
+        Item("nacl", CrystalArrays.from_structure(nacl), "NaCl"),
+        Item("po", CrystalArrays.from_structure(po), "Po"),
+    ]
+    out = predict_items(ensemble, None, items).set_index("id")
+    assert np.isfinite(out.loc["nacl", "kappa"]) and not out.loc["nacl", "error"]
+    assert "featurize_failed" in out.loc["po", "error"] and "Z=[84]" in out.loc["po", "error"]

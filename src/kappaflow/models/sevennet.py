@@ -130,6 +130,23 @@ class SevenNetEncoder(Encoder):
         """Atomic numbers the potential was trained on."""
         return [int(z) for z in torch.nonzero(self.z_to_type >= 0).flatten()]
 
+    def atom_types(self, z: torch.Tensor) -> torch.Tensor:
+        """Return the potential's type index of each atomic number ``z`` (int64 tensor).
+
+        Raises:
+            ValueError: an element the potential was not trained on (names its Z).
+        """
+        z = torch.as_tensor(z, dtype=torch.long, device=self.z_to_type.device)
+        known = (z >= 0) & (z < len(self.z_to_type))
+        types = torch.where(known, self.z_to_type[z.clamp(0, len(self.z_to_type) - 1)], -1)
+        if bool((types < 0).any()):
+            bad = sorted({int(v) for v in z[types < 0].tolist()})
+            raise ValueError(
+                f"elements Z={bad} are outside {self.potential}'s training set "
+                f"({len(self.elements)} elements)"
+            )
+        return types
+
     def forward(self, batch: Any) -> torch.Tensor:
         """Embed a batch of atom graphs (:func:`kappaflow.graphs.atoms.crystal_to_atom_graph`).
 
@@ -144,14 +161,7 @@ class SevenNetEncoder(Encoder):
 
         data = copy.copy(batch)  # the potential's modules write their results into the batch
         z = data[KEY.ATOMIC_NUMBERS].long()
-        types = self.z_to_type[z.clamp(0, len(self.z_to_type) - 1)]
-        if bool((types < 0).any()) or bool((z >= len(self.z_to_type)).any()):
-            bad = sorted({int(v) for v in z[types < 0].tolist()})
-            raise ValueError(
-                f"elements Z={bad} are outside {self.potential}'s training set "
-                f"({len(self.elements)} elements)"
-            )
-        data[KEY.NODE_FEATURE] = types
+        data[KEY.NODE_FEATURE] = self.atom_types(z)
         for module in self.stem:
             data = module(data)
         index, n_graphs = graph_index(batch)

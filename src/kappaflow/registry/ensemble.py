@@ -214,6 +214,9 @@ class KappaEnsemble:
         if self.input_kind == "atoms":  # a universal potential's graph, its own cutoff
             from kappaflow.graphs.atoms import crystal_to_atom_graph
 
+            # an element outside the potential fails this crystal here, not the whole batch
+            self.members[0].encoder.atom_types(torch.from_numpy(crystal.numbers.astype("int64")))
+
             return crystal_to_atom_graph(
                 crystal, float(self.model_cfg["cutoff"]), material_id=str(material_id)
             )

@@ -53,3 +53,60 @@ def test_delta_learning_recovers_an_exact_physics_model():
     test = np.arange(40, 60)
     pred = fp(np.arange(40), np.array([], int), test)
     np.testing.assert_allclose(np.log10(pred), base[test], atol=1e-9)  # residual 0 everywhere
+
+
+def test_kappa_rows_skipped_by_family_or_budget_keep_their_reason(tmp_path, monkeypatch):
+    from crystal_fixtures import diamond_si, rocksalt_nacl
+    from kappaflow.config import load_params
+    from kappaflow.phonons import plan as plan_module
+    from kappaflow.stages import phonons as stage
+    from kappaflow.structure.crystal import CrystalArrays
+    from stage_testkit import full_profile_params
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    full_profile_params(tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    kcl = rocksalt_nacl().copy()
+    kcl.replace_species({"Na": "K"})
+    rows = [
+        ("mp-si", "Si", 227, diamond_si()),  # family other
+        ("mp-kcl", "KCl", 225, kcl),  # rocksalt, over the budget
+        ("mp-nacl", "NaCl", 225, rocksalt_nacl()),  # computed
+    ]
+    prepared = tmp_path / "data/interim/paraisite_d1"
+    prepared.mkdir(parents=True)
+    pd.DataFrame(
+        [
+            {"id": i, "formula": f, "spacegroup": g, "kappa": 1.0}
+            | CrystalArrays.from_structure(s).to_row()
+            for i, f, g, s in rows
+        ]
+    ).to_parquet(prepared / "valid.parquet")
+
+    def fake_plan(crystal, settings):  # KCl costly, NaCl cheap (force-atoms)
+        return plan_module.ForcePlan(5000 if 19 in set(crystal.numbers) else 10, 1, 0, 1)
+
+    def fake_compute(ids, crystals, *args, **kwargs):
+        return pd.DataFrame(
+            {
+                "id": ids, "ph3_kappa_w_mk": 5.0, "flags": "", "reason": "", "n_primitive": 2,
+                "seconds": 1.0, "cached": False,
+            }
+        )  # fmt: skip
+
+    monkeypatch.setattr(plan_module, "force_plan", fake_plan)
+    monkeypatch.setattr(stage, "compute_descriptors", fake_compute)
+    cfg = load_params(
+        tmp_path / "params.yaml",
+        ["phonons.kappa.families=[rocksalt]", "phonons.kappa.max_force_atoms=1000"],
+    )
+    frame = stage.descriptor_table(cfg, "paraisite_d1", progress=False, kind="kappa")
+    assert frame["id"].tolist() == ["mp-si", "mp-kcl", "mp-nacl"]  # every structure, in order
+    reasons = frame["reason"].tolist()
+    assert reasons[0] == "family other not in phonons.kappa.families (CPU budget)"
+    assert reasons[1] == (
+        "5000 atoms in 5000 + 0 displaced supercells > phonons.kappa.max_force_atoms=1000 "
+        "(CPU budget)"
+    )
+    assert reasons[2] == "" and frame["ph3_kappa_w_mk"].iloc[2] == 5.0
+    assert np.isnan(frame["ph3_kappa_w_mk"].iloc[:2]).all()

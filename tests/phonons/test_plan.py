@@ -7,7 +7,7 @@ import dataclasses
 from pymatgen.core import Lattice, Structure
 
 from kappaflow.phonons.conductivity import KappaSettings
-from kappaflow.phonons.plan import force_plan
+from kappaflow.phonons.plan import budget_reason, force_plan
 from kappaflow.structure.crystal import CrystalArrays
 
 
@@ -34,3 +34,15 @@ def test_rocksalt_counts_and_the_pair_cutoff_changes_them():
 def test_supercells_over_the_atom_guards_are_not_displaced():
     plan = force_plan(_nacl(), KappaSettings(fc3_min_length=7.0, max_fc3_atoms=20))
     assert plan.n_fc3 == plan.n_fc2 == -1 and plan.fc3_atoms == 54
+
+
+def test_budget_reason_names_the_budget_and_the_guards():
+    settings = KappaSettings(fc3_min_length=7.0, fc2_min_length=12.0, cutoff_pair_distance=3.0)
+    atoms = force_plan(_nacl(), settings).force_atoms
+    assert budget_reason(_nacl(), settings, None, "x.max_force_atoms") == ""
+    assert budget_reason(_nacl(), settings, atoms, "x.max_force_atoms") == ""
+    reason = budget_reason(_nacl(), settings, atoms - 1, "phonons.kappa.max_force_atoms")
+    assert reason.startswith(f"{atoms} atoms in ")
+    assert reason.endswith(f"> phonons.kappa.max_force_atoms={atoms - 1} (CPU budget)")
+    small = dataclasses.replace(settings, max_fc3_atoms=20)
+    assert budget_reason(_nacl(), small, None, "k").startswith("supercells of 54 (fc3)")

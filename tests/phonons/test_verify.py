@@ -24,6 +24,7 @@ from kappaflow.layout import project_root
 from kappaflow.phonons.validation import (
     kappa_table_path,
     kappa_validation,
+    loo_offset,
     ml_physics_agreement,
     validation_markdown,
 )
@@ -69,13 +70,34 @@ def test_kappa_validation_numbers_and_missing_rows():
     assert row.median_ratio == pytest.approx(2.0)
     assert row.spearman == pytest.approx(1.0)
     assert row.seconds_per_compound == pytest.approx(20.0)
+    # softening correction: offset = median log10(label / κ) = log10(1/2); leave one out, a
+    # (2 vs 1) is corrected by the median of b and c (-0.301: exact), b and c miss by 0.4515
+    assert row.offset_log10 == pytest.approx(np.log10(0.5))
+    assert row.log10_mae_loo == pytest.approx((0 + 2 * 0.4515) / 3, abs=1e-4)
+    assert row.within_2x_loo == pytest.approx(1 / 3)
     text = validation_markdown(kappa_validation({"d1": kappa}, {"d1": labels}))
-    assert "| d1 | 3/4 | 0.301 | 67 % | 1.000 | 2.00 | 20.0 |" in text
+    assert "| d1 | 3/4 | 0.301 | 67 % | 1.000 | 2.00 | 0.301 | 33 % | 20.0 |" in text
     with pytest.raises(KeyError, match="no phono3py row"):
         kappa_validation({"d1": kappa.iloc[1:]}, {"d1": labels})
     none = kappa_validation({"d1": kappa.assign(ph3_kappa_w_mk=np.nan)}, {"d1": labels})
     assert none.iloc[0].n_computed == 0 and math.isnan(none.iloc[0].log10_mae)
-    assert "| d1 | 0/4 | – | – | – | – | – |" in validation_markdown(none)
+    assert "| d1 | 0/4 | – | – | – | – | – | – | – |" in validation_markdown(none)
+
+
+def test_loo_offset_is_held_out_and_refuses_bad_input():
+    rng = np.random.default_rng(0)
+    label = rng.uniform(-1, 3, 30)
+    physics = label - 0.17 + rng.normal(0, 0.05, 30)  # a potential that is 1.5x too soft
+    offset, loo = loo_offset(physics, label)
+    assert offset == pytest.approx(0.17, abs=0.03)
+    assert np.abs(loo - label).mean() < 0.06 < np.abs(physics - label).mean()
+    # held out: moving one compound's label does not move its own corrected value
+    moved = label.copy()
+    moved[3] += 5.0
+    assert loo_offset(physics, moved)[1][3] == pytest.approx(loo[3])
+    assert all(np.isnan(v) for v in (loo_offset(physics[:1], label[:1])[0],))
+    with pytest.raises(ValueError, match="finite"):
+        loo_offset(physics, np.r_[label[:-1], np.nan])
 
 
 def test_ml_physics_agreement_both_ways():
@@ -235,6 +257,12 @@ def test_stage_accounts_for_every_candidate(scratch, fake):
     assert kappa["high:mine/nacl.cif"] == 5.0 and kappa["low:mp-nacl"] == 5.0
     assert table.loc[table.id == "mine/nacl.cif", "flags"].item() == "imaginary"
     assert table.ratio.iloc[0] == pytest.approx(5.0)  # ML 500 / phono3py 100
+    # softening correction from the validated D1 set (same potential and settings): the median
+    # of log10(label / κ) over NaCl (7 vs 6) and Si (130 vs 100)
+    offset = float(np.median(np.log10([7 / 6, 130 / 100])))
+    assert table.kappa_phono3py_corrected.to_numpy() == pytest.approx(
+        table.kappa_phono3py.to_numpy() * 10**offset, nan_ok=True
+    )
     assert table.disagree.tolist() == [True, False, False, False, False, False, False, True]
     assert metrics["n_candidates"] == 8
     assert (metrics["n_computed"], metrics["n_not_computed"]) == (5, 3)
@@ -251,6 +279,7 @@ def test_stage_accounts_for_every_candidate(scratch, fake):
     assert "* Si (mp-si, top low #4)" in report
     assert "| paraisite_d1 | 2/3 | " in report and "s/compound" in report
     assert "## Wall time" in report and "Same potential and settings" in report
+    assert f"phono3py κ × 10^{offset:+.3f}" in report
     assert "1× id mp-missing not in" in report  # the reasons, counted
     assert (root / "reports/verify/parity.png").stat().st_size > 1000
 

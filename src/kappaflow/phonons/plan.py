@@ -64,3 +64,33 @@ def force_plan(crystal: CrystalArrays, settings: KappaSettings) -> ForcePlan:
     n_fc3 = sum(s is not None for s in ph3.supercells_with_displacements)
     n_fc2 = len(ph3.phonon_supercells_with_displacements)
     return ForcePlan(n_fc3, cells.n_fc3, n_fc2, cells.n_fc2)
+
+
+def budget_reason(
+    crystal: CrystalArrays, settings: KappaSettings, max_force_atoms: int | None, key: str
+) -> str:
+    """Why ``crystal`` is not computed under a CPU budget, or ``""`` when it fits.
+
+    One rule for every caller that sizes κ calculations before running them (the ``verify``
+    stage's candidates, the ``phonons`` stage's κ sets): the displaced supercells must fit the
+    settings' atom guards and, when ``max_force_atoms`` is set, hold at most that many atoms in
+    all (:attr:`ForcePlan.force_atoms`).
+
+    Args:
+        crystal: the structure (as prepared: the calculation refines its symmetry).
+        settings: the κ settings of the calculation.
+        max_force_atoms: the budget (None: only the supercell guards apply).
+        key: the config key of the budget, named in the reason (e.g. ``verify.max_force_atoms``).
+    """
+    plan = force_plan(crystal, settings)
+    if plan.n_fc3 < 0:
+        return (
+            f"supercells of {plan.fc3_atoms} (fc3) / {plan.fc2_atoms} (fc2) atoms exceed "
+            f"max_fc3_atoms={settings.max_fc3_atoms} / max_fc2_atoms={settings.max_fc2_atoms}"
+        )
+    if max_force_atoms is not None and plan.force_atoms > max_force_atoms:
+        return (
+            f"{plan.force_atoms} atoms in {plan.n_fc3} + {plan.n_fc2} displaced supercells > "
+            f"{key}={max_force_atoms} (CPU budget)"
+        )
+    return ""

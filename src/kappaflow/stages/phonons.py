@@ -127,12 +127,24 @@ def descriptor_table(
     else:
         settings = PhononSettings(**OmegaConf.to_container(pcfg.settings, resolve=True))
     ids = table.id.astype(str).tolist()
-    keep = np.ones(len(table), dtype=bool)
+    skip = [""] * len(table)  # why a structure is not computed ("" = computed)
     families = pcfg.kappa.get("families") if kind == "kappa" else None
     if families is not None:
         pairs = zip(table.formula, table.spacegroup, strict=True)
-        family = np.array([structure_family(str(f), int(g)) for f, g in pairs])
-        keep = np.isin(family, [str(f) for f in families])
+        for i, (f, g) in enumerate(pairs):
+            family = structure_family(str(f), int(g))
+            if family not in {str(x) for x in families}:
+                skip[i] = f"family {family} not in phonons.kappa.families (CPU budget)"
+    budget = pcfg.kappa.get("max_force_atoms") if kind == "kappa" else None
+    if budget is not None:
+        from kappaflow.phonons.plan import budget_reason
+
+        for i, crystal in enumerate(crystals):
+            if not skip[i]:
+                skip[i] = budget_reason(
+                    crystal, settings, int(budget), "phonons.kappa.max_force_atoms"
+                )
+    keep = np.array([not r for r in skip], dtype=bool)
     frame = compute_descriptors(
         [i for i, k in zip(ids, keep, strict=True) if k],
         [c for c, k in zip(crystals, keep, strict=True) if k],
@@ -147,9 +159,7 @@ def descriptor_table(
     )
     if not keep.all():  # every structure keeps a row: the skipped ones say why
         skipped = pd.DataFrame({"id": [i for i, k in zip(ids, keep, strict=True) if not k]})
-        skipped["reason"] = [
-            f"family {f} not in phonons.kappa.families (CPU budget)" for f in family[~keep]
-        ]
+        skipped["reason"] = [r for r in skip if r]
         frame = pd.concat([frame, skipped], ignore_index=True)
         frame = frame.set_index("id").loc[ids].reset_index()
         frame["flags"] = frame["flags"].fillna("")

@@ -29,7 +29,9 @@ and the dataset cards (their labels).
    (``data/phonons/tables/<dataset>_kappa.parquet``) against the set's labels
    (:func:`~kappaflow.phonons.validation.kappa_validation`).
 
-Outputs: ``<verify.out_dir>/verified.csv`` (:data:`VERIFIED_COLUMNS`), ``parity.png``;
+Outputs: ``<verify.out_dir>/verified.csv`` (:data:`VERIFIED_COLUMNS`;
+``kappa_phono3py_corrected``: κ × 10^offset, the softening correction fitted on the phonons
+stage's κ set, NaN without one: :func:`validation_section`), ``parity.png``;
 ``reports/verify.md``; ``metrics/headline/verify.json``; an MLflow run with all of them.
 
 Checked: every candidate has exactly one row, with a κ (possibly flagged) or a reason:
@@ -116,6 +118,7 @@ VERIFIED_COLUMNS: tuple[str, ...] = (
     "kappa_ml_lo95",
     "kappa_ml_hi95",
     "kappa_phono3py",
+    "kappa_phono3py_corrected",
     "ratio",
     "disagree",
     *PHYSICS_COLUMNS[1:],
@@ -324,7 +327,7 @@ def pick_candidates(
     Returns:
         ``(candidates, crystals, reasons)``, one entry per candidate row.
     """
-    from kappaflow.phonons.plan import force_plan
+    from kappaflow.phonons.plan import budget_reason
 
     crystals, reasons = candidate_crystals(cfg, top, root)
     keep, fits, formulas = [], 0, {}
@@ -349,18 +352,8 @@ def pick_candidates(
                 "(CPU budget)"
             )
             continue
-        plan = force_plan(crystal, vc.kappa)
-        if plan.n_fc3 < 0:
-            reasons[i] = (
-                f"supercells of {plan.fc3_atoms} (fc3) / {plan.fc2_atoms} (fc2) atoms exceed "
-                f"max_fc3_atoms={vc.kappa.max_fc3_atoms} / max_fc2_atoms={vc.kappa.max_fc2_atoms}"
-            )
-            continue
-        if vc.max_force_atoms is not None and plan.force_atoms > vc.max_force_atoms:
-            reasons[i] = (
-                f"{plan.force_atoms} atoms in {plan.n_fc3} + {plan.n_fc2} displaced supercells > "
-                f"verify.max_force_atoms={vc.max_force_atoms} (CPU budget)"
-            )
+        reasons[i] = budget_reason(crystal, vc.kappa, vc.max_force_atoms, "verify.max_force_atoms")
+        if reasons[i]:
             continue
         formulas[formula] = str(top["id"].iloc[i])
         fits += 1
@@ -455,8 +448,15 @@ def candidate_crystals(
     return crystals, reasons
 
 
-def assemble(candidates: pd.DataFrame, physics: pd.DataFrame, factor: float) -> pd.DataFrame:
-    """Join candidates and :func:`physics_kappa` rows (same order), add ratio and disagree."""
+def assemble(
+    candidates: pd.DataFrame, physics: pd.DataFrame, factor: float, offset: float = float("nan")
+) -> pd.DataFrame:
+    """Join candidates and :func:`physics_kappa` rows (same order), add ratio and disagree.
+
+    ``kappa_phono3py_corrected`` = ``kappa_phono3py`` × 10^``offset`` (the softening correction
+    of :func:`validation_section`; NaN without one). ``ratio`` and ``disagree`` compare the ML κ
+    with the uncorrected phono3py κ.
+    """
     if len(candidates) != len(physics):
         raise RuntimeError(f"{len(physics)} phono3py rows for {len(candidates)} candidates")
     table = pd.concat(
@@ -469,6 +469,7 @@ def assemble(candidates: pd.DataFrame, physics: pd.DataFrame, factor: float) -> 
     ratio, disagree = ml_physics_agreement(table["kappa_ml"], table["kappa_phono3py"], factor)
     table["ratio"] = ratio
     table["disagree"] = disagree
+    table["kappa_phono3py_corrected"] = table["kappa_phono3py"].to_numpy(float) * 10**offset
     return table[list(VERIFIED_COLUMNS)]
 
 
@@ -518,16 +519,18 @@ def _g(x: float, fmt: str = ".3g") -> str:
 def candidate_section(verified: pd.DataFrame) -> str:
     """Markdown table of the candidates (ML κ [95 %], σ, phono3py κ, ratio, flags, time)."""
     lines = [
-        "| side | # | id | formula | space group | κ ML [95 %] | σ | κ phono3py | ML / "
-        "phono3py | > factor | flags / reason | s | cached |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| side | # | id | formula | space group | κ ML [95 %] | σ | κ phono3py | corrected | "
+        "ML / phono3py | > factor | flags / reason | s | cached |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in verified.itertuples(index=False):
         status = r.reason or r.flags or "–"
         lines.append(
             f"| {r.side} | {r.rank} | {_cell(r.id)} | {_cell(r.formula)} | {r.spacegroup} | "
             f"{_g(r.kappa_ml)} [{_g(r.kappa_ml_lo95)}, {_g(r.kappa_ml_hi95)}] | "
-            f"{_g(r.sigma_log10, '.3f')} | {_g(r.kappa_phono3py)} | {_g(r.ratio, '.2f')} | "
+            f"{_g(r.sigma_log10, '.3f')} | {_g(r.kappa_phono3py)} | "
+            f"{_g(r.kappa_phono3py_corrected)} | "
+            f"{_g(r.ratio, '.2f')} | "
             f"{'**yes**' if r.disagree else ''} | {_cell(status)} | {_g(r.seconds, '.0f')} | "
             f"{'yes' if r.cached else ''} |"
         )
@@ -569,14 +572,18 @@ def timing_section(verified: pd.DataFrame, wall_s: float, workers: int) -> str:
     return "\n\n".join(lines)
 
 
-def validation_section(cfg: DictConfig, root: Path) -> tuple[str, pd.DataFrame]:
+def validation_section(cfg: DictConfig, root: Path) -> tuple[str, pd.DataFrame, float]:
     """Validate the physics route against the labels of ``phonons.kappa.datasets``.
 
     Reads the phonons stage's κ tables (:func:`~kappaflow.phonons.validation.kappa_table_path`).
 
     Returns:
-        The report section (markdown) and the table of
-        :func:`~kappaflow.phonons.validation.kappa_validation` (empty without κ sets).
+        The report section (markdown), the table of
+        :func:`~kappaflow.phonons.validation.kappa_validation` (empty without κ sets) and the
+        softening correction for the candidates (``offset_log10`` of the first validated set,
+        :func:`~kappaflow.phonons.validation.loo_offset`), NaN when there is none or when the
+        phonons stage used another potential or other settings than verify (an offset of
+        another setup does not apply).
 
     Raises:
         FileNotFoundError: a κ table is missing (the phonons stage has not run).
@@ -587,8 +594,10 @@ def validation_section(cfg: DictConfig, root: Path) -> tuple[str, pd.DataFrame]:
     if not datasets:
         return (
             f"{head}\n\nphonons.kappa.datasets is empty (e.g. the smoke experiment): the phonons "
-            "stage computed no κ set, so this run has no validation of phono3py κ against labels.",
+            "stage computed no κ set, so this run has no validation of phono3py κ against labels "
+            "and the candidates' κ is not corrected for the potential's softening.",
             pd.DataFrame(),
+            float("nan"),
         )
     kappas = {}
     for dataset in datasets:
@@ -614,7 +623,15 @@ def validation_section(cfg: DictConfig, root: Path) -> tuple[str, pd.DataFrame]:
         "(phonons.kappa.families, supercell guards) count as not computed. "
         f"{note}\n\n{validation_markdown(table)}"
     )
-    return text, table
+    offsets = table["offset_log10"].to_numpy(float)
+    offsets = offsets[np.isfinite(offsets)]
+    offset = float(offsets[0]) if same and len(offsets) else float("nan")
+    if np.isfinite(offset):
+        text += (
+            f"\n\nThe candidates' corrected κ (`kappa_phono3py_corrected`) is their phono3py κ × "
+            f"10^{offset:+.3f} (×{10**offset:.2f}), the offset of {table['dataset'].iloc[0]}."
+        )
+    return text, table, offset
 
 
 def _headline(
@@ -682,7 +699,8 @@ def verify_stage(cfg: DictConfig) -> dict[str, Any]:
         params=["verify"],
     ) as run:
         physics = physics_kappa(candidates["id"].tolist(), crystals, reasons, vc)
-        verified = assemble(candidates, physics, vc.disagreement_factor)
+        validation_text, validation, offset = validation_section(cfg, root)
+        verified = assemble(candidates, physics, vc.disagreement_factor, offset)
         counts = check_accounting(verified, n_in)
         csv = out / "verified.csv"
         verified.to_csv(csv, index=False)
@@ -694,7 +712,6 @@ def verify_stage(cfg: DictConfig) -> dict[str, Any]:
             "reports/screen/summary.json)"
         )
         parity_plot(verified, png, vc.disagreement_factor, title=title)
-        validation_text, validation = validation_section(cfg, root)
         wall_s = time.perf_counter() - t_start
         settings = OmegaConf.to_container(node.settings, resolve=True)
         flag_counts = {f: int(verified["flags"].str.contains(f).sum()) for f in KAPPA_FLAGS}

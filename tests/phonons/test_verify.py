@@ -393,14 +393,16 @@ def test_cli_reports_bad_files_and_prints_the_others(scratch, fake, capsys):
     assert code == 1
     assert "ERROR mine/bad.cif:" in err and "ERROR mine/none.cif: missing_file" in err
     lines = out.splitlines()
-    assert lines[0].split()[:2] == ["file", "formula"]
-    assert lines[1].split()[:4] == ["mine/nacl.cif", "NaCl", "5", "imaginary"]
+    assert lines[0].split()[:2] == ["file", "formula"] and "corrected" in lines[0]
+    corrected = 5.0 * 10 ** float(np.median(np.log10([7 / 6, 130 / 100])))  # the D1 offset
+    assert lines[1].split()[:5] == ["mine/nacl.cif", "NaCl", "5", f"{corrected:.3g}", "imaginary"]
     assert len(fake.calls) == 1 and (root / "data/verify/cache").is_dir()
 
     code = main(["verify", "--json", "--no-cache", "--workers", "1", "mine/nacl.cif"])
     records = json.loads(capsys.readouterr().out)
     assert code == 0 and len(fake.calls) == 2  # --no-cache: computed again
     assert records[0]["kappa_phono3py"] == 5.0 and records[0]["cached"] is False
+    assert records[0]["kappa_phono3py_corrected"] == pytest.approx(corrected)
     assert records[0]["formula"] == "NaCl" and records[0]["reason"] == ""
 
 

@@ -25,11 +25,14 @@ from kappaflow.cli.table import text_table
 #: What ``kappaflow verify --help`` says.
 VERIFY_DESCRIPTION = """\
 Compute the lattice thermal conductivity κ_L (W/m/K, 300 K) of crystal structure files (CIF,
-POSCAR/CONTCAR, *.vasp) from phonons: phono3py in the relaxation-time approximation, with
+POSCAR/CONTCAR, *.vasp) from phonons: phono3py (linearized Boltzmann equation, or the
+relaxation-time approximation: verify.settings.method), with
 second- and third-order force constants from a universal interatomic potential (SevenNet; the
 weights ship with the package) after a relaxation that keeps the symmetry. This is the physics
 check of the screen (tier 2); potential and settings come from the verify section of
-params.yaml.
+params.yaml. When the phonons stage has validated the same potential and settings against
+the D1 labels (phonons.kappa.datasets), a "corrected" κ is shown too: κ times one factor
+that undoes the potential's systematic softening (the median label / κ ratio of that set).
 
 It takes seconds to minutes per structure on a CPU core (a 2-atom rocksalt cell about 5-60 s,
 a 4-atom wurtzite cell a few minutes); a progress bar shows the time left. Results are cached
@@ -67,15 +70,25 @@ def add_parser(subparsers: Any) -> None:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Plain-text table of computed rows: file, formula, κ, flags, seconds, cached."""
+    """Plain-text table of computed rows: file, formula, κ, corrected κ, flags, seconds, cached.
+
+    The corrected-κ column is shown only when some row has one.
+    """
     from kappaflow.structure.cif import escape_control
 
-    head = ("file", "formula", "κ phono3py (W/m/K)", "flags", "seconds", "cached")
+    corrected = any(math.isfinite(r.get("kappa_phono3py_corrected", math.nan)) for r in rows)
+    head = ("file", "formula", "κ phono3py (W/m/K)", *(("corrected",) if corrected else ()))
+    head += ("flags", "seconds", "cached")
+
+    def kappa(value: float) -> str:
+        return f"{value:.3g}" if math.isfinite(value) else "nan"
+
     body = [
         (
             escape_control(str(r["id"])),
             str(r["formula"]),
-            f"{r['kappa_phono3py']:.3g}" if math.isfinite(r["kappa_phono3py"]) else "nan",
+            kappa(r["kappa_phono3py"]),
+            *((kappa(r["kappa_phono3py_corrected"]),) if corrected else ()),
             r["flags"] or "-",
             f"{r['seconds']:.0f}",
             "yes" if r["cached"] else "no",

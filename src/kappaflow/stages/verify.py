@@ -788,7 +788,10 @@ def verify_files(
 
     Returns:
         One row per file, in order: ``id`` (the path as given), ``formula`` (reduced, empty
-        when the file could not be read) and :data:`PHYSICS_COLUMNS`.
+        when the file could not be read), :data:`PHYSICS_COLUMNS` and, after
+        ``kappa_phono3py``, ``kappa_phono3py_corrected`` (× 10^offset, the softening correction
+        of :func:`validation_section` when the phonons stage validated this potential and these
+        settings; NaN otherwise).
     """
     vc = VerifyConfig.from_cfg(cfg, project_root())
     if workers is not None:
@@ -812,6 +815,16 @@ def verify_files(
             progress=progress,
         )
     table.insert(1, "formula", formulas)
+    try:  # the phonons stage's validated κ set, when this project has computed one
+        offset = validation_section(cfg, project_root())[2]
+    except FileNotFoundError as err:
+        log.warning("no softening correction: %s", err)
+        offset = float("nan")
+    table.insert(
+        table.columns.get_loc("kappa_phono3py") + 1,
+        "kappa_phono3py_corrected",
+        table["kappa_phono3py"].to_numpy(float) * 10**offset,
+    )
     return table
 
 

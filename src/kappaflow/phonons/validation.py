@@ -172,7 +172,8 @@ def validation_markdown(table: pd.DataFrame) -> str:
         "\nUncorrected columns: the potential's κ against the labels, no fit. *Corrected (LOO)*: "
         "κ × 10^offset, the offset being the median log10(label / κ_phono3py) of the other "
         "compounds (leave one out), a one-number correction of the potential's systematic "
-        "softening; the stage applies the offset of all compounds to new structures."
+        "softening; `verify` applies the offset of all compounds to its candidates when its "
+        "potential and settings are the validated ones."
     )
     return "\n".join(lines)
 

@@ -130,10 +130,11 @@ def descriptor_table(
     skip = [""] * len(table)  # why a structure is not computed ("" = computed)
     families = pcfg.kappa.get("families") if kind == "kappa" else None
     if families is not None:
+        wanted = {str(x) for x in families}
         pairs = zip(table.formula, table.spacegroup, strict=True)
         for i, (f, g) in enumerate(pairs):
             family = structure_family(str(f), int(g))
-            if family not in {str(x) for x in families}:
+            if family not in wanted:
                 skip[i] = f"family {family} not in phonons.kappa.families (CPU budget)"
     budget = pcfg.kappa.get("max_force_atoms") if kind == "kappa" else None
     if budget is not None:

@@ -55,6 +55,29 @@ def test_delta_learning_recovers_an_exact_physics_model():
     np.testing.assert_allclose(np.log10(pred), base[test], atol=1e-9)  # residual 0 everywhere
 
 
+def test_offset_model_corrects_phono3py_by_the_training_median_and_falls_back_to_trees():
+    rng = np.random.default_rng(2)
+    n = 40
+    X = rng.normal(size=(n, 2))
+    log_kappa = X[:, 0]  # what the trees can learn
+    base = log_kappa - 0.3  # physics 2x too low everywhere ...
+    base[[3, 7]] = np.nan  # ... but not computed for two rows
+    table = pd.DataFrame({"kappa": 10.0**log_kappa})
+    train, test = np.arange(10, n), np.arange(10)
+    pred = _fit_predict(table, X, "offset", 0, base)(train, np.array([], int), test)
+    physics = np.isfinite(base[test])
+    # where phono3py gave κ: κ × 10^0.3 (the median offset of the training rows), exactly
+    np.testing.assert_allclose(np.log10(pred[physics]), log_kappa[test][physics], atol=1e-12)
+    # where it did not: the trees' prediction, not the physics fallback of the median
+    trees = _fit_predict(table, X, "et", 0)(train, np.array([], int), test)
+    np.testing.assert_allclose(pred[~physics], trees[~physics])
+    # the offset is fitted on the training rows only: moving a test label changes nothing
+    moved = table.copy()
+    moved.loc[0, "kappa"] *= 1000.0
+    again = _fit_predict(moved, X, "offset", 0, base)(train, np.array([], int), test)
+    np.testing.assert_allclose(again, pred)
+
+
 def test_kappa_rows_skipped_by_family_or_budget_keep_their_reason(tmp_path, monkeypatch):
     from crystal_fixtures import diamond_si, rocksalt_nacl
     from kappaflow.config import load_params

@@ -56,6 +56,15 @@ def _positive_log10(values: np.ndarray) -> np.ndarray:
     return np.where(ok, np.log10(np.where(ok, v, 1.0)), np.nan)
 
 
+def median_offset(log_physics: np.ndarray, log_label: np.ndarray) -> float:
+    """Return the softening correction: median of ``log_label - log_physics`` (decades).
+
+    κ in W/m/K; a new compound's corrected κ is κ_phono3py × 10^offset. Inputs are finite
+    arrays of the same length (at least one compound; :func:`loo_offset` checks them).
+    """
+    return float(np.median(np.asarray(log_label, np.float64) - np.asarray(log_physics, np.float64)))
+
+
 def loo_offset(log_physics: np.ndarray, log_label: np.ndarray) -> tuple[float, np.ndarray]:
     """Constant log10 correction of the physics κ, and its leave-one-out predictions.
 
@@ -80,7 +89,7 @@ def loo_offset(log_physics: np.ndarray, log_label: np.ndarray) -> tuple[float, n
         return float("nan"), np.full(len(x), np.nan)
     d = y - x
     loo = np.array([x[i] + np.median(np.delete(d, i)) for i in range(len(d))])
-    return float(np.median(d)), loo
+    return median_offset(x, y), loo
 
 
 def kappa_validation(

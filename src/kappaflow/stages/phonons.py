@@ -46,7 +46,12 @@ from kappaflow.phonons.batch import compute_descriptors
 from kappaflow.phonons.conductivity import KAPPA_FLAGS, KappaSettings, method_label
 from kappaflow.phonons.descriptors import DESCRIPTOR_COLUMNS, FLAGS, PhononSettings
 from kappaflow.phonons.potential import potential_card
-from kappaflow.phonons.validation import kappa_table_path, kappa_validation, validation_markdown
+from kappaflow.phonons.validation import (
+    kappa_table_path,
+    kappa_validation,
+    median_offset,
+    validation_markdown,
+)
 from kappaflow.stages.common import finish_study
 from kappaflow.structure.crystal import CrystalArrays
 from kappaflow.structure.families import structure_family
@@ -253,7 +258,7 @@ def _fit_predict(
             known = np.isfinite(base[train])
             physics = np.isfinite(base[test])
             if known.any():
-                shift = float(np.median(log_kappa[train][known] - base[train][known]))
+                shift = median_offset(base[train][known], log_kappa[train][known])
                 pred[physics] = base[test][physics] + shift
         return np.power(10.0, pred)
 

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pymatgen.core import Composition
 
-from kappaflow.data.splits import LeakageError
+from kappaflow.data.leakage import material_keys
+from kappaflow.data.splits import LeakageError, grouped_kfold
 from kappaflow.evaluation.protocol import (
     PREDICTION_COLUMNS,
     assert_disjoint_materials,
@@ -250,3 +251,46 @@ def test_max_folds_runs_a_prefix_of_the_same_folds() -> None:
     assert part.config["max_folds"] == 2
     with pytest.raises(ValueError, match="max_folds"):
         cross_validate(table, fit_predict, n_splits=3, progress=False, max_folds=0)
+
+
+def test_score_val_scores_the_validation_rows_without_changing_the_test_folds() -> None:
+    """score_val asks for validation + test rows; the fit and the test metrics stay the same."""
+    table = _table([POOL[i % len(POOL)] + ("" if i < len(POOL) else "2") for i in range(30)])
+    kappa = table["kappa"].to_numpy()
+    fits: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def fit_predict(train_idx, val_idx, test_idx):  # noqa: ANN001, ANN202
+        fits.append((train_idx, val_idx))
+        # a "model" whose error differs by row: κ × 2 on even rows, κ / 3 on odd rows
+        return np.where(test_idx % 2 == 0, kappa[test_idx] * 2.0, kappa[test_idx] / 3.0)
+
+    kw = {"n_splits": 3, "n_repeats": 2, "seed": 4, "val_fraction": 0.25, "progress": False}
+    plain = cross_validate(table, fit_predict, **kw)
+    plain_fits = list(fits)
+    fits.clear()
+    scored = cross_validate(table, fit_predict, score_val=True, **kw)
+    # the same fits (train and validation rows) and the same test-fold numbers
+    assert all(
+        np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        for a, b in zip(plain_fits, fits, strict=True)
+    )
+    assert scored.summary == plain.summary
+    pd.testing.assert_frame_equal(scored.predictions, plain.predictions)
+    assert plain.selection == {} and "selection" not in plain.to_dict()
+    # validation metrics computed from the validation rows only, by hand
+    groups = material_keys(table, "formula").to_numpy().astype(str)
+    folds = list(grouped_kfold(groups, n_splits=3, n_repeats=2, seed=4, val_fraction=0.25))
+    by_hand = []
+    for f, rec in zip(folds, scored.folds, strict=True):
+        val = np.asarray(f.val_idx)
+        assert rec["n_val"] == len(val) > 0
+        err = np.abs(np.log10(np.where(val % 2 == 0, 2.0, 1 / 3)))
+        assert rec["val_metrics"]["log10_mae"] == pytest.approx(err.mean())
+        by_hand.append(err.mean())
+    assert scored.selection["val_log10_mae_mean"] == pytest.approx(np.mean(by_hand))
+    assert scored.selection["n_val_rows"] == sum(r["n_val"] for r in scored.folds)
+    assert scored.to_dict()["selection"] == scored.selection
+    assert "val_log10_mae" in scored.fold_table().columns
+    # no validation part: nothing to score, nothing recorded
+    bare = cross_validate(table, fit_predict, score_val=True, **(kw | {"val_fraction": None}))
+    assert bare.selection == {} and all("val_metrics" not in r for r in bare.folds)

@@ -128,8 +128,13 @@ def write_candidate(
     seed: int = 0,
     n_members: int = 2,
     n_rows: int = 6,
+    val_metric: float | None = -1.0,
 ) -> list[Path]:
-    """models/finetune/<strategy>/<dataset>/{cv.json, folds/*.pt} as the finetune stage does."""
+    """models/finetune/<strategy>/<dataset>/{cv.json, folds/*.pt} as the finetune stage does.
+
+    ``val_metric``: the validation-row log10-MAE (``selection`` of cv.json, what the register
+    stage chooses by); -1 (default): the same as ``metric``; None: not recorded.
+    """
     out = root / "models" / "finetune" / strategy / dataset
     (out / "folds").mkdir(parents=True, exist_ok=True)
     cv = {
@@ -146,6 +151,9 @@ def write_candidate(
         "summary": {"log10_mae_mean": metric, "log10_mae_std": 0.01},
         "folds": _folds(metric, n_members, n_rows),
     }
+    if val_metric is not None:
+        val = metric if val_metric == -1.0 else val_metric
+        cv["selection"] = {"val_log10_mae_mean": val, "val_log10_mae_std": 0.01}
     (out / "cv.json").write_text(json.dumps(cv))
     # out-of-fold predictions whose |log10 residual| is `metric` (conformal calibration input)
     rows = [

@@ -125,7 +125,8 @@ def test_gate_blocks_a_candidate_that_loses_to_a_baseline(tiny_project):
     assert record["version"] is None and "magpie_rf" in record["no_champion"]
     v1 = MlflowClient().get_model_version(NAME, "1")
     assert v1.tags["gated"] == "false" and "folds_log10_mae" in v1.tags
-    assert "FAILED" in (root / "reports/registry/decision.md").read_text()
+    decision_md = (root / "reports/registry/decision.md").read_text()
+    assert "FAILED" in decision_md and "only transferred strategy" in decision_md
     summary = screen_stage(cfg)  # no champion: nothing scored, the reason written, no crash
     assert summary["n_scored"] == 0 and "no champion" in summary["no_champion"]
     assert (root / "reports/screen/ranked.csv").read_text().startswith("rank,")
@@ -134,3 +135,35 @@ def test_gate_blocks_a_candidate_that_loses_to_a_baseline(tiny_project):
     better = register_stage(cfg)
     assert better["promoted"] and better["gate"]["passed"]
     assert MlflowClient().get_model_version(NAME, "2").tags["gated"] == "true"
+
+
+def test_candidate_is_chosen_by_validation_rows_never_by_the_test_folds(tiny_project):
+    from kappaflow.stages.register import select_candidate
+
+    root, cfg = tiny_project
+    # `freeze` is better on the test folds but worse on the validation rows: not chosen
+    kit.write_candidate(root, "finetune", DS, 0.30, val_metric=0.20)
+    kit.write_candidate(root, "freeze", DS, 0.25, val_metric=0.40)
+    cand = select_candidate(cfg)
+    assert cand.strategy == "finetune" and cand.metric == 0.30  # its test-fold error, for the gate
+    assert cand.considered == cand.considered | {"finetune": 0.20, "freeze": 0.40}
+    assert "validation-row" in cand.selected_by and "2 strategies" in cand.selected_by
+
+    # a strategy without a validation-row score is left out, with the reason
+    kit.write_candidate(root, "two_stage", DS, 0.01, val_metric=None)
+    cand = select_candidate(cfg)
+    assert cand.strategy == "finetune"
+    assert "no validation-row score" in cand.considered["two_stage"]
+
+    # several strategies and none scored on validation rows: refused, never chosen by the tests
+    for strategy in ("finetune", "freeze"):
+        kit.write_candidate(root, strategy, DS, 0.30, val_metric=None)
+    with pytest.raises(ValueError, match="test folds must not choose"):
+        select_candidate(cfg)
+
+    # a single eligible strategy needs no choice
+    for strategy in ("freeze", "two_stage"):
+        (root / "models/finetune" / strategy / DS / "cv.json").unlink()
+    cand = select_candidate(cfg)
+    assert cand.strategy == "finetune" and cand.considered["finetune"] == "the only candidate"
+    assert "only transferred strategy" in cand.selected_by

@@ -54,6 +54,10 @@ def test_every_strategy_then_the_report(project, monkeypatch):
         assert out["summary"]["n_folds"] == 2, strategy
         preds = pd.read_csv(root / f"models/finetune/{strategy}/paraisite_d1/predictions.csv")
         assert len(preds) == 95 and (preds.kappa_pred > 0).all()  # every row predicted once
+        # each fold's validation rows scored too: what register chooses among strategies by
+        cv = json.loads((root / f"models/finetune/{strategy}/paraisite_d1/cv.json").read_text())
+        assert all(f["val_metrics"]["log10_mae"] >= 0 for f in cv["folds"]), strategy
+        assert cv["selection"]["n_val_rows"] == sum(f["n_val"] for f in cv["folds"]) > 0
         folds = sorted(
             p.name for p in (root / f"models/finetune/{strategy}/paraisite_d1").glob("folds/*.pt")
         )

@@ -68,21 +68,38 @@ class CVResult:
             every row of the table appears once per repeat.
         config: protocol settings (n_splits, n_repeats, seed, val_fraction, group_level,
             n_forbidden_groups).
+        selection: with ``score_val``, :func:`aggregate_folds` of the folds' validation-row
+            metrics, keys prefixed ``val_`` (``val_log10_mae_mean``...), plus ``n_val_rows``:
+            the score that may choose between strategies (the test folds never do); empty
+            otherwise.
     """
 
     folds: list[dict[str, Any]]
     summary: dict[str, float]
     predictions: pd.DataFrame
     config: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, float] = field(default_factory=dict)
 
     def fold_table(self) -> pd.DataFrame:
-        """Return one row per fold: repeat, fold, n_train, n_val, n_test and every metric."""
-        rows = [{k: v for k, v in f.items() if k != "metrics"} | f["metrics"] for f in self.folds]
+        """Return one row per fold: repeat, fold, n_train, n_val, n_test and every metric.
+
+        Validation-row metrics, when scored, are columns prefixed ``val_``.
+        """
+        rows = [
+            {k: v for k, v in f.items() if k not in ("metrics", "val_metrics")}
+            | f["metrics"]
+            | {f"val_{k}": v for k, v in f.get("val_metrics", {}).items()}
+            for f in self.folds
+        ]
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: ``config``, ``summary`` and ``folds`` (predictions not included)."""
-        return {"config": self.config, "summary": self.summary, "folds": self.folds}
+        """JSON-ready dict: ``config``, ``summary``, ``folds`` and, when scored, ``selection``.
+
+        Predictions are not included.
+        """
+        out = {"config": self.config, "summary": self.summary, "folds": self.folds}
+        return out | ({"selection": self.selection} if self.selection else {})
 
     def to_json(self, indent: int | None = 2) -> str:
         """Serialize :meth:`to_dict` to JSON (NaN written as ``NaN``, as Python's json does)."""
@@ -169,6 +186,7 @@ def cross_validate(
     *,
     kappa_column: str = "kappa",
     max_folds: int | None = None,
+    score_val: bool = False,
 ) -> CVResult:
     """Repeated grouped k-fold cross-validation of a κ model.
 
@@ -193,6 +211,12 @@ def cross_validate(
         max_folds: evaluate only the first ``max_folds`` folds (of repeat 0 first), e.g. on a big
             set where every fold costs minutes; each evaluated test fold is still held out.
             None: all ``n_repeats * n_splits``.
+        score_val: also predict each fold's validation rows (the callback is asked for the
+            sorted union of validation and test rows, fitted exactly as before) and record their
+            metrics (``val_metrics`` per fold, :attr:`CVResult.selection`): the score by which
+            strategies may be compared and chosen without looking at the test folds. It is
+            optimistic for a model that early-stopped on those rows, honest for one that never
+            saw them (stacks, scikit-learn heads).
 
     Returns:
         :class:`CVResult` with per-fold metrics, mean ± std summary and out-of-fold predictions.
@@ -230,21 +254,27 @@ def cross_validate(
         fit_groups = groups[np.concatenate([train, val])]
         assert_no_leakage(fit_groups, groups[test], ctx)
         assert_no_leakage(fit_groups, forbidden, f"{ctx}: forbidden groups in train/val")
-        pred = np.asarray(fit_predict(train.copy(), val.copy(), test.copy()), dtype=np.float64)
+        scoring = score_val and len(val) > 0
+        asked = np.union1d(val, test) if scoring else test
+        pred = np.asarray(fit_predict(train.copy(), val.copy(), asked.copy()), dtype=np.float64)
         pred = pred.reshape(-1) if pred.ndim == 2 and pred.shape[1] == 1 else pred
-        if pred.shape != test.shape:
-            raise ValueError(f"{ctx}: fit_predict returned shape {pred.shape} for {len(test)} rows")
+        if pred.shape != asked.shape:
+            raise ValueError(
+                f"{ctx}: fit_predict returned shape {pred.shape} for {len(asked)} rows"
+            )
+        record: dict[str, Any] = {
+            "repeat": f.repeat,
+            "fold": f.fold,
+            "n_train": len(train),
+            "n_val": len(val),
+            "n_test": len(test),
+        }
+        if scoring:  # validation rows predicted too: split them off
+            pred_val = pred[np.searchsorted(asked, val)]
+            pred = pred[np.searchsorted(asked, test)]
+            record["val_metrics"] = regression_metrics(kappa[val], pred_val)
         metrics = regression_metrics(kappa[test], pred)
-        fold_records.append(
-            {
-                "repeat": f.repeat,
-                "fold": f.fold,
-                "n_train": len(train),
-                "n_val": len(val),
-                "n_test": len(test),
-                "metrics": metrics,
-            }
-        )
+        fold_records.append(record | {"metrics": metrics})
         pred_parts.append(
             pd.DataFrame(
                 {
@@ -270,7 +300,14 @@ def cross_validate(
         "max_folds": max_folds,
     }
     predictions = pd.concat(pred_parts, ignore_index=True)[PREDICTION_COLUMNS]
-    return CVResult(fold_records, summary, predictions, config)
+    scored = [r for r in fold_records if "val_metrics" in r]
+    selection: dict[str, float] = {}
+    if scored:
+        val_summary = aggregate_folds([r["val_metrics"] for r in scored])
+        selection = {f"val_{k}": v for k, v in val_summary.items() if k != "n_folds"}
+        selection |= {"n_val_folds": float(len(scored))}
+        selection |= {"n_val_rows": float(sum(r["n_val"] for r in scored))}
+    return CVResult(fold_records, summary, predictions, config, selection)
 
 
 def _fit_rows(train_idx: np.ndarray, val_idx: np.ndarray, include_val: bool) -> np.ndarray:

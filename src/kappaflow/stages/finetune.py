@@ -6,11 +6,13 @@ the dataset card; runs the repeated grouped k-fold
 (:func:`kappaflow.transfer.fit_predict.build_fit_predict`; models learn log10 κ, κ in W/m/K).
 
 Outputs, per strategy × dataset (``models/finetune/<strategy>/<dataset>/``): ``cv.json`` (per-fold
-and mean ± std metrics), ``predictions.csv`` (out-of-fold κ) and ``folds/repeat<r>-fold<f>.pt``:
-every fold's model as a one-file export (:func:`kappaflow.training.export.save_model`; for
-``features`` with a scikit-learn head, the frozen encoder + the regressor as arrays), the k-fold
-ensemble the registry serves, its held-out error being exactly this stage's CV error. A crashed
-stage resumes from the fold cache (:func:`kappaflow.transfer.fit_predict.fold_cache_dir`).
+and mean ± std metrics of the test folds; ``selection``: the same on each fold's validation rows,
+by which ``register`` compares strategies), ``predictions.csv`` (out-of-fold κ) and
+``folds/repeat<r>-fold<f>.pt``: every fold's model as a one-file export
+(:func:`kappaflow.training.export.save_model`; for ``features`` with a scikit-learn head, the
+frozen encoder + the regressor as arrays), the k-fold ensemble the registry serves, its held-out
+error being exactly this stage's CV error. A crashed stage resumes from the fold cache
+(:func:`kappaflow.transfer.fit_predict.fold_cache_dir`).
 """
 
 from __future__ import annotations
@@ -114,7 +116,10 @@ def finetune_stage(cfg: DictConfig, strategy: str, dataset: str) -> dict[str, An
             f", first {settings['max_folds']}" if settings["max_folds"] else "",
             fold_work(cfg, strategy, dataset),
         )
-        result = cross_validate(table, folds or fit_predict, **settings, progress=True)
+        # validation rows scored too: the register stage chooses among strategies by them
+        result = cross_validate(
+            table, folds or fit_predict, **settings, progress=True, score_val=True
+        )
         summary = {"strategy": strategy, "dataset": dataset, **result.to_dict()}
         if active is not None:
             summary["mlflow_run_id"] = active.info.run_id
@@ -166,7 +171,7 @@ def _log_folds(result: Any, folds: FoldRuns | None) -> None:
     import mlflow
     from mlflow.entities import Metric, Param
 
-    mlflow.log_metrics(finite_metrics(result.summary))
+    mlflow.log_metrics(finite_metrics(result.summary | result.selection))
     log_params({k: v for k, v in result.summary.items() if is_count(k)})
     client = mlflow.MlflowClient()
     for i, f in enumerate(result.folds):

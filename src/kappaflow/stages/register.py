@@ -4,9 +4,11 @@
    default ``scratch``, are not transfer learning; strategies without exported fold models are
    skipped; ``features`` with a scikit-learn head exports its frozen encoder + regressor arrays,
    :mod:`kappaflow.models.sklearn_head`, like any other), the one with the lowest
-   ``<registry.metric>_mean`` (CV log10 MAE) in ``models/finetune/<strategy>/<dataset>/cv.json``
-   for ``registry.dataset``; its ``folds/`` must hold one model per fold of cv.json (else the
-   finetune run is incomplete or still running and the strategy is skipped). Its ensemble is
+   validation-row ``val_<registry.metric>_mean`` (CV log10 MAE on each fold's validation rows,
+   never its test rows: :func:`select_candidate`) in
+   ``models/finetune/<strategy>/<dataset>/cv.json`` for ``registry.dataset``; its ``folds/`` must
+   hold one model per fold of cv.json (else the finetune run is incomplete or still running and
+   the strategy is skipped). The gate then judges it on the test folds. Its ensemble is
    the fold models of the CV repeats ``registry.ensemble_repeats`` (default repeat 0: one model
    per fold), so its held-out error is exactly that CV error on the same dataset and splits.
 2. The members, graph settings and training domain (elements, member-0 embeddings of every
@@ -71,8 +73,10 @@ class Candidate:
         members: fold model files of the ensemble.
         protocol: the protocol settings read from cv.json.
         finetune_run_id: MLflow run of the finetune stage that wrote cv.json ("" if unknown).
-        considered: metric of every eligible strategy; why others were skipped.
+        considered: validation-row score of every eligible strategy (what chooses among
+            several); why others were skipped.
         cv: the strategy's cv.json record (per-fold metrics for the paired comparisons).
+        selected_by: how it was chosen, in words.
     """
 
     strategy: str
@@ -84,6 +88,7 @@ class Candidate:
     finetune_run_id: str = ""
     considered: dict[str, Any] = field(default_factory=dict)
     cv: dict[str, Any] = field(default_factory=dict)
+    selected_by: str = ""
 
     @property
     def protocol_digest(self) -> str:
@@ -101,10 +106,20 @@ def _members(folds: Path, repeats: list[int]) -> list[Path]:
 
 
 def select_candidate(cfg: DictConfig) -> Candidate:
-    """Pick the best transferred strategy on ``registry.dataset`` (see the module docstring).
+    """Pick the transferred strategy to register on ``registry.dataset``.
+
+    Eligible: a transfer strategy of the config (not in ``registry.exclude_strategies``) whose
+    cv.json has the metric and one exported model per fold. With one eligible strategy, that one.
+    With several, the one with the lowest **validation-row** score
+    (``selection.val_<metric>_mean`` of cv.json: each fold's validation rows, carved out of its
+    training part); the test folds never choose, since the gate's paired test on them would
+    then be biased towards the luckiest strategy. An eligible strategy without that score
+    (a cv.json written before it was recorded, or ``evaluation.val_fraction`` null) is left out
+    with the reason.
 
     Raises:
-        ValueError: ``registry.dataset`` is not one of ``evaluation.datasets``.
+        ValueError: ``registry.dataset`` is not one of ``evaluation.datasets``, or several
+            strategies are eligible and none has a validation-row score.
         FileNotFoundError: no strategy has a cv.json and fold models for the dataset.
     """
     reg = cfg.registry
@@ -119,7 +134,7 @@ def select_candidate(cfg: DictConfig) -> Candidate:
     excluded = {str(s) for s in reg.exclude_strategies}
     base = project_root() / cfg.paths.models_dir / "finetune"
     considered: dict[str, Any] = {}
-    best: Candidate | None = None
+    eligible: list[tuple[Candidate, float]] = []
     for key, s_cfg in cfg.transfer.strategies.items():
         key = str(key)
         if key in excluded or str(s_cfg.get("name", key)) in excluded:
@@ -143,22 +158,47 @@ def select_candidate(cfg: DictConfig) -> Candidate:
         if n_exported != n_folds:  # a finetune run in progress, or a crashed one
             considered[key] = f"{n_exported} fold models but {n_folds} folds in cv.json"
             continue
-        considered[key] = float(value)
-        if best is None or float(value) < best.metric:
-            best = Candidate(
-                strategy=key,
-                dataset=dataset,
-                metric=float(value),
-                metric_std=float(cv["summary"].get(f"{reg.metric}_std", float("nan"))),
-                members=members,
-                protocol={k: cv["config"].get(k) for k in PROTOCOL_KEYS},
-                finetune_run_id=str(cv.get("mlflow_run_id") or ""),
-                cv=cv,
-            )
-    if best is None:
+        score = (cv.get("selection") or {}).get(f"val_{metric_key}")
+        cand = Candidate(
+            strategy=key,
+            dataset=dataset,
+            metric=float(value),
+            metric_std=float(cv["summary"].get(f"{reg.metric}_std", float("nan"))),
+            members=members,
+            protocol={k: cv["config"].get(k) for k in PROTOCOL_KEYS},
+            finetune_run_id=str(cv.get("mlflow_run_id") or ""),
+            cv=cv,
+        )
+        eligible.append((cand, float("nan") if score is None else float(score)))
+    if not eligible:
         raise FileNotFoundError(
             f"no transferred strategy with CV results and fold models on {dataset!r}: "
             f"{considered} (run `dvc repro finetune`)"
+        )
+    if len(eligible) == 1:
+        best, score = eligible[0]
+        considered[best.strategy] = score if np.isfinite(score) else "the only candidate"
+        best.selected_by = "the only transferred strategy with CV results and fold models"
+    else:
+        scored = [(c, v) for c, v in eligible if np.isfinite(v)]
+        for c, v in eligible:
+            considered[c.strategy] = (
+                v
+                if np.isfinite(v)
+                else f"no validation-row score (selection.val_{metric_key}) in its cv.json: "
+                "not comparable without the test folds (re-run its finetune stage)"
+            )
+        if not scored:
+            raise ValueError(
+                f"{len(eligible)} transferred strategies on {dataset!r} and none has a "
+                f"validation-row score (selection.val_{metric_key} in cv.json; it needs "
+                "evaluation.val_fraction > 0): the test folds must not choose between them. "
+                f"Re-run their finetune stages or keep one strategy ({considered})"
+            )
+        best, score = min(scored, key=lambda cv: cv[1])
+        best.selected_by = (
+            f"lowest validation-row {reg.metric} ({score:.4f}) of {len(scored)} strategies "
+            "(each fold's validation rows; the test folds do not choose)"
         )
     best.considered = considered
     return best
@@ -213,6 +253,13 @@ def _decision_sections(result: dict[str, Any]) -> list[str]:
     return [
         f"**v{result['candidate_version']} ({result['candidate_strategy']} on "
         f"{result['dataset']})**: {result['decision']}",
+        f"Candidate chosen by: {result.get('selected_by') or 'not recorded'}.",
+        "Strategies considered (validation-row score, or why not eligible): "
+        + "; ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+            for k, v in (result.get("considered") or {}).items()
+        )
+        + ".",
         f"Baseline gate: {'passed' if gate['passed'] else 'FAILED'}"
         f"{'' if gate['enforced'] else ' (not enforced by the config: smoke run)'}.",
         table,
@@ -455,6 +502,7 @@ def register_stage(cfg: DictConfig) -> dict[str, Any]:
             f"champion_{metric}_before": decision.champion_metric,
             "aliases": aliases,
             "considered": cand.considered,
+            "selected_by": cand.selected_by,
             "gate": {
                 "passed": gate.passed,
                 "enforced": gate.enforced,

@@ -118,6 +118,9 @@ def test_every_strategy_then_the_report(project, monkeypatch):
     assert "not comparable" in report  # published numbers are flagged
     assert "Non-κ transfer check" in report and "| paraisite_d1 | finetune | 2 |" in report
     assert "scratch" in report.split("Does transfer beat")[1]
+    chooser = report.split("what chooses the registered strategy")[1].split("##")[0]
+    assert "**paraisite_d1**: " in chooser and "validation rows)" in chooser
+    assert "baseline:" not in chooser  # only strategies compete for the registry
     saved = json.loads((root / "metrics/transfer.json").read_text())
     assert saved["scratch/paraisite_d1"]["log10_mae_mean"] > 0
     assert (root / "plots/transfer/strategy_comparison.png").stat().st_size > 1000

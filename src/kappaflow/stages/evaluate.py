@@ -142,6 +142,11 @@ def evaluate_stage(cfg: DictConfig) -> dict[str, Any]:
         'error (Nadeau & Bengio), one-sided p of "the strategy is better"; a strategy '
         "*beats* the baseline when Δ < 0 and p < 0.05.",
         _markdown_list(vs_baseline),
+        "## Validation rows: what chooses the registered strategy",
+        "log10-MAE on each fold's validation rows (carved out of its training part), mean ± std "
+        "over folds, best first; `register` takes the best transferred strategy by this, never "
+        "by the test folds above. Optimistic for a network that early-stopped on those rows.",
+        _markdown_list(selection_lines(cv_records)) or "(no validation-row scores recorded)",
         "## Does transfer beat training from scratch? (paired log10-MAE on the same folds)",
         _markdown_list(tl_vs_scratch),
         "## Out-of-fold error per structure family",
@@ -360,6 +365,29 @@ def _other_targets(cfg: DictConfig, root: Any) -> str:
         "|---|---|---|---|---|---|---|"
     )
     return head + "\n" + "\n".join(rows)
+
+
+def selection_lines(cv_records: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """One line per (dataset, strategy) with its validation-row log10-MAE, best first.
+
+    The score ``register`` chooses its candidate by (cv.json ``selection``: each fold's
+    validation rows, carved out of its training part; never its test rows). Baselines and
+    cv.json records without the score are not listed.
+    """
+    by_dataset: dict[str, list[tuple[float, str]]] = {}
+    for (strategy, dataset), cv in cv_records.items():
+        sel = cv.get("selection") or {}
+        if strategy.startswith("baseline:") or "val_log10_mae_mean" not in sel:
+            continue
+        line = (
+            f"{strategy}: {sel['val_log10_mae_mean']:.4f} ± {sel.get('val_log10_mae_std', 0):.4f}"
+            f" ({int(sel.get('n_val_rows', 0))} validation rows)"
+        )
+        by_dataset.setdefault(dataset, []).append((float(sel["val_log10_mae_mean"]), line))
+    return [
+        f"**{dataset}**: " + "; ".join(line for _, line in sorted(items))
+        for dataset, items in by_dataset.items()
+    ]
 
 
 def _markdown_list(items: list[str]) -> str:

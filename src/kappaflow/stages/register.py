@@ -195,7 +195,7 @@ def select_candidate(cfg: DictConfig) -> Candidate:
                 "evaluation.val_fraction > 0): the test folds must not choose between them. "
                 f"Re-run their finetune stages or keep one strategy ({considered})"
             )
-        best, score = min(scored, key=lambda cv: cv[1])
+        best, score = min(scored, key=lambda pair: pair[1])
         best.selected_by = (
             f"lowest validation-row {reg.metric} ({score:.4f}) of {len(scored)} strategies "
             "(each fold's validation rows; the test folds do not choose)"
